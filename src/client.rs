@@ -1,0 +1,2019 @@
+//! SMTP client that hands queued messages to the one smarthost (RFC 5321, 3207, 4954, 1870, 2920, 6152, 6531).
+//!
+//! Plain blocking I/O: `Connection::open` connects, reads the greeting, says EHLO, upgrades with
+//! STARTTLS when required (never falling back to plaintext), logs in, and `send` forwards one
+//! message, returning one outcome per recipient. Every error carries its stage and its permanence,
+//! decided where the reply is read.
+
+use crate::config::TlsMode;
+use crate::smtp::data::write_stuffed;
+use crate::smtp::reply::{parse_reply_line, MAX_PEER_REPLY_LINE, MAX_REPLY_LINES};
+use crate::tls::Stream;
+use std::fmt;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// RFC 5321 4.5.3.2.4: DATA initiation, 2 minutes (capped by `Settings::command_timeout`).
+const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// RFC 5321 4.5.3.2.5: one data block, 3 minutes (capped by `Settings::data_timeout`).
+const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long QUIT waits for its 221: we are leaving anyway.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer between the spool file and the socket: few large writes instead of one per line.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// What the transcript shows instead of an AUTH payload or challenge.
+const MASK: &str = "********";
+
+/// Where a delivery attempt failed: the relay pauses delivery after Tls/Auth failures and
+/// reports the last error of each stage in `picorelay status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Name resolution, TCP connect, greeting, EHLO.
+    Connect,
+    /// STARTTLS missing or refused, or the TLS handshake (certificate) failed.
+    Tls,
+    /// AUTH missing or refused.
+    Auth,
+    /// MAIL, RCPT, DATA, the message itself, RSET.
+    Send,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Tls => "tls",
+            Stage::Auth => "auth",
+            Stage::Send => "send",
+        })
+    }
+}
+
+/// A failed attempt: `permanent` is true only when retrying the same thing cannot succeed
+/// (a 5xx reply, a message too big for the smarthost, a refused login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// Where it failed.
+    pub stage: Stage,
+    /// True for a permanent failure (5xx or equivalent).
+    pub permanent: bool,
+    /// "host:port: what happened", with the smarthost's reply when there is one.
+    pub message: String,
+}
+
+impl ClientError {
+    fn new(stage: Stage, permanent: bool, message: impl Into<String>) -> ClientError {
+        ClientError {
+            stage,
+            permanent,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.stage, self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// How to reach and log in to the smarthost (built by the caller from `config::Smarthost`).
+#[derive(Clone)]
+pub struct Settings {
+    /// Hosts tried in order: (name or IP literal, port).
+    pub hosts: Vec<(String, u16)>,
+    /// StartTls (required, never downgraded), Implicit (RFC 8314) or None.
+    pub tls: TlsMode,
+    /// From `tls::client_config`.
+    pub tls_config: Arc<rustls::ClientConfig>,
+    /// AUTH user; None = no AUTH.
+    pub username: Option<String>,
+    /// AUTH password.
+    pub password: Option<String>,
+    /// Name sent in EHLO/HELO.
+    pub helo: String,
+    /// Per address TCP connect timeout (e.g. 30 s).
+    pub connect_timeout: Duration,
+    /// Greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321 4.5.3.2: 5 min); also caps
+    /// DATA initiation (2 min) and is the TLS handshake's read timeout.
+    pub command_timeout: Duration,
+    /// Reply to the final dot (RFC 5321 4.5.3.2.6: 10 min); also caps the data block write timeout (3 min).
+    pub data_timeout: Duration,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password never reaches a log, even through {:?}.
+        f.debug_struct("Settings")
+            .field("hosts", &self.hosts)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("helo", &self.helo)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("data_timeout", &self.data_timeout)
+            .finish()
+    }
+}
+
+/// What became of one recipient; the text is the smarthost's reply ("550 5.1.1 no such user").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// Taken by the smarthost (RCPT and the final dot both accepted).
+    Accepted,
+    /// 4xx: try again later.
+    Transient(String),
+    /// 5xx: bounce.
+    Permanent(String),
+}
+
+/// The EHLO keywords this client uses (RFC 5321 4.1.1.1; each extension's RFC at its field).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 3207.
+    pub starttls: bool,
+    /// RFC 4954: mechanisms, uppercased.
+    pub auth: Vec<String>,
+    /// RFC 1870: Some(limit) when SIZE is offered; 0 = no fixed limit.
+    pub size: Option<u64>,
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 6152.
+    pub eight_bit_mime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+}
+
+impl Extensions {
+    /// Extensions::parse reads the text lines of a 250 EHLO reply; the first line is the
+    /// server's name and carries no keyword. Unknown keywords are ignored.
+    pub fn parse(lines: &[String]) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            let keyword = keyword.to_ascii_uppercase();
+            // "AUTH=PLAIN LOGIN" is the pre-RFC 4954 form some servers still send.
+            if let Some(first) = keyword.strip_prefix("AUTH=") {
+                add_mechanisms(&mut ext.auth, std::iter::once(first).chain(words));
+                continue;
+            }
+            match keyword.as_str() {
+                "STARTTLS" => ext.starttls = true,
+                "AUTH" => add_mechanisms(&mut ext.auth, words),
+                // RFC 1870 4: "SIZE" alone or "SIZE 0" means no fixed limit.
+                "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "PIPELINING" => ext.pipelining = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+fn add_mechanisms<'a>(list: &mut Vec<String>, words: impl Iterator<Item = &'a str>) {
+    for w in words {
+        let m = w.to_ascii_uppercase();
+        if !m.is_empty() && !list.contains(&m) {
+            list.push(m);
+        }
+    }
+}
+
+/// A reply from the smarthost.
+#[derive(Debug)]
+struct Reply {
+    code: u16,
+    lines: Vec<String>,
+}
+
+impl Reply {
+    /// "550 5.1.1 no such user" (lines joined with spaces), for messages and outcomes.
+    fn text(&self) -> String {
+        let text = self.lines.join(" ");
+        let text = text.trim();
+        if text.is_empty() {
+            self.code.to_string()
+        } else {
+            format!("{} {}", self.code, text)
+        }
+    }
+}
+
+/// Why reading or writing the socket failed; always transient.
+#[derive(Debug)]
+enum WireError {
+    Timeout,
+    Closed,
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> WireError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => WireError::Timeout,
+            io::ErrorKind::UnexpectedEof => WireError::Closed,
+            _ => WireError::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Timeout => f.write_str("timed out"),
+            WireError::Closed => f.write_str("connection closed by the smarthost"),
+            WireError::Io(e) => write!(f, "{e}"),
+            WireError::Invalid(why) => write!(f, "smarthost sent an invalid reply ({why})"),
+        }
+    }
+}
+
+fn wire_error(stage: Stage, peer: &str, what: &str, e: WireError) -> ClientError {
+    ClientError::new(stage, false, format!("{peer}: {what}: {e}"))
+}
+
+/// Permanence from the reply code: 5xx permanent, anything else (4xx, nonsense) transient.
+fn reply_error(stage: Stage, peer: &str, what: &str, r: &Reply) -> ClientError {
+    let permanent = (500..600).contains(&r.code);
+    ClientError::new(stage, permanent, format!("{peer}: {what}: {}", r.text()))
+}
+
+/// Where `Connection::set_transcript` sends the lines of later commands.
+pub type TranscriptSink = Box<dyn FnMut(&str) + Send>;
+
+/// A transcript sink: "C: ..." / "S: ..." lines (also sent to log::debug!).
+type Transcript<'a> = &'a mut dyn FnMut(&str);
+
+fn note(tr: Transcript<'_>, peer: &str, line: &str) {
+    log::debug!("smarthost {peer}: {line}");
+    tr(line);
+}
+
+/// Shows bytes from the network without letting control characters reach a terminal or log.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// A zero timeout means "block forever" to the socket API; never ask for that.
+fn nonzero(d: Duration) -> Duration {
+    d.max(Duration::from_millis(1))
+}
+
+/// The socket with a bounded read buffer for reply lines.
+struct Wire {
+    stream: Stream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    peer: String,
+}
+
+impl Wire {
+    fn new(stream: Stream, peer: String) -> Wire {
+        Wire {
+            stream,
+            buf: vec![0; MAX_PEER_REPLY_LINE],
+            start: 0,
+            end: 0,
+            peer,
+        }
+    }
+
+    /// True when the smarthost sent bytes we have not consumed yet.
+    fn pending(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Sends command lines in one write (several = an RFC 2920 pipelined group); `shown` is what
+    /// the transcript gets for each (AUTH payloads masked).
+    fn send(&mut self, lines: &[(&str, &str)], tr: Transcript<'_>) -> Result<(), WireError> {
+        let mut out = Vec::new();
+        for (line, shown) in lines {
+            // Last line of defence against command injection: the callers validate first.
+            if line.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(WireError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "refusing to send a command containing CR or LF",
+                )));
+            }
+            note(tr, &self.peer, &format!("C: {shown}"));
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out)?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Sends one command that is safe to show.
+    fn command(&mut self, line: &str, tr: Transcript<'_>) -> Result<(), WireError> {
+        self.send(&[(line, line)], tr)
+    }
+
+    /// Reads one line (without CR LF) of at most MAX_PEER_REPLY_LINE octets.
+    fn read_line(&mut self) -> Result<Vec<u8>, WireError> {
+        loop {
+            if let Some(i) = self.buf[self.start..self.end]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                let mut line = self.buf[self.start..self.start + i].to_vec();
+                self.start += i + 1;
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            // RFC 5321 4.5.3.1.5 (reply line length): stop at MAX_PEER_REPLY_LINE instead of
+            // buffering forever.
+            if self.end - self.start >= MAX_PEER_REPLY_LINE {
+                return Err(WireError::Invalid("reply line too long"));
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = loop {
+                match self.stream.read(&mut self.buf[self.end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if n == 0 {
+                return Err(WireError::Closed);
+            }
+            self.end += n;
+        }
+    }
+
+    /// Reads a whole (multi-line) reply within `timeout` per read. `mask` hides 334 challenges.
+    fn read_reply(
+        &mut self,
+        timeout: Duration,
+        mask: bool,
+        tr: Transcript<'_>,
+    ) -> Result<Reply, WireError> {
+        self.stream.tcp().set_read_timeout(Some(nonzero(timeout)))?;
+        let mut lines = Vec::new();
+        let mut code = 0;
+        loop {
+            let raw = self.read_line()?;
+            let shown = if mask && raw.starts_with(b"334") {
+                format!("334 {MASK}")
+            } else {
+                printable(&raw)
+            };
+            note(tr, &self.peer, &format!("S: {shown}"));
+            let (c, last, text) =
+                parse_reply_line(&raw).map_err(|_| WireError::Invalid("not a reply line"))?;
+            // RFC 5321 4.2: codes are 2xx..5xx, the same on every line of a reply.
+            if !(200..600).contains(&c) {
+                return Err(WireError::Invalid("reply code out of range"));
+            }
+            if !lines.is_empty() && c != code {
+                return Err(WireError::Invalid("reply code changed within a reply"));
+            }
+            code = c;
+            lines.push(text.to_string());
+            if last {
+                return Ok(Reply { code, lines });
+            }
+            // RFC 5321 4.2.1 sets no line count; MAX_REPLY_LINES keeps a hostile server from
+            // making us read forever.
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(WireError::Invalid("too many lines in one reply"));
+            }
+        }
+    }
+
+    /// Runs the TLS handshake (implicit TLS or after STARTTLS's 220). Any unread plaintext is
+    /// dropped with the old buffer: the caller checked there was none.
+    fn start_tls(
+        self,
+        cfg: Arc<rustls::ClientConfig>,
+        host: &str,
+        timeout: Duration,
+        tr: Transcript<'_>,
+    ) -> Result<Wire, ClientError> {
+        let peer = self.peer;
+        let tls_error = |e: io::Error| {
+            ClientError::new(
+                Stage::Tls,
+                false,
+                format!("{peer}: TLS handshake failed: {e}"),
+            )
+        };
+        self.stream
+            .tcp()
+            .set_read_timeout(Some(nonzero(timeout)))
+            .map_err(tls_error)?;
+        let stream = self.stream.connect_tls(cfg, host).map_err(tls_error)?;
+        let info = stream.tls_info().unwrap_or_default();
+        note(tr, &peer, &format!("* TLS established: {info}"));
+        Ok(Wire::new(stream, peer))
+    }
+
+    /// Best-effort goodbye (RFC 5321 4.1.1.10); errors do not matter any more.
+    fn quit(&mut self, timeout: Duration, tr: Transcript<'_>) {
+        if self.command("QUIT", tr).is_ok() {
+            let _ = self.read_reply(timeout.min(QUIT_TIMEOUT), false, tr);
+        }
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// An open, greeted, (TLS-protected,) logged-in session with the smarthost.
+pub struct Connection {
+    wire: Wire,
+    ext: Extensions,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    /// Set when the session is out of step (I/O error, half-sent message): no more commands.
+    broken: bool,
+    transcript: Option<TranscriptSink>,
+}
+
+impl Connection {
+    /// Connection::open tries each host in order (each resolved address, IPv6 and IPv4), then
+    /// greeting, EHLO, STARTTLS when required (no plaintext fallback: STARTTLS missing or refused →
+    /// ClientError{stage:Tls}), EHLO again, AUTH (PLAIN else LOGIN) when a username is set.
+    /// A host failing at Connect or Tls stage makes it try the next; the last error is returned.
+    /// `transcript` receives every line sent/received ("C: ...", "S: ...", and "* ..." notes),
+    /// with AUTH payloads and challenges replaced by "********".
+    pub fn open(
+        s: &Settings,
+        transcript: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<Connection, ClientError> {
+        let mut quiet = |_: &str| {};
+        let tr: Transcript<'_> = match transcript {
+            Some(t) => t,
+            None => &mut quiet,
+        };
+        // The name goes on the EHLO line: a CR/LF or space there would inject or break commands.
+        if s.helo.is_empty() || s.helo.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(ClientError::new(
+                Stage::Connect,
+                false,
+                format!("invalid helo name {:?}: set [smarthost] helo", s.helo),
+            ));
+        }
+        let mut last = None;
+        for (host, port) in &s.hosts {
+            match open_host(s, host, *port, tr) {
+                Ok(c) => return Ok(c),
+                // Another host may be reachable or have a valid certificate. A refused login is
+                // not retried elsewhere: the same credentials would fail again and risk a lockout.
+                Err(e) if matches!(e.stage, Stage::Connect | Stage::Tls) => {
+                    log::debug!("smarthost: {e}");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::new(Stage::Connect, false, "no smarthost configured (hold mode)")
+        }))
+    }
+
+    /// Connection::send forwards one message. Err when the whole message failed (too big, MAIL or
+    /// DATA refused, connection lost), with its permanence. Ok holds one outcome per entry of
+    /// `rcpts`, in order; a 4xx/5xx after the final dot applies to every accepted recipient.
+    /// `message` is the stored message (CRLF lines, not dot-stuffed); `size` its length in bytes.
+    /// With `eight_bit` and 8BITMIME offered, BODY=8BITMIME is declared (RFC 6152); when it is not
+    /// offered the message is sent anyway, as other relays do: nearly all servers pass 8-bit data.
+    /// SMTPUTF8 is requested when `smtputf8` is set or an address is not ASCII (RFC 6531 3.4).
+    pub fn send(
+        &mut self,
+        sender: &str,
+        rcpts: &[String],
+        message: &mut dyn Read,
+        size: u64,
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Result<Vec<RcptOutcome>, ClientError> {
+        let mut sink = self.transcript.take();
+        let mut quiet = |_: &str| {};
+        let tr: Transcript<'_> = match sink.as_mut() {
+            Some(t) => t.as_mut(),
+            None => &mut quiet,
+        };
+        let result = self.send_message(sender, rcpts, message, size, eight_bit, smtputf8, tr);
+        self.transcript = sink;
+        result
+    }
+
+    /// Connection::reset sends RSET (RFC 5321 4.1.1.5) so the next message starts clean.
+    pub fn reset(&mut self) -> Result<(), ClientError> {
+        let mut sink = self.transcript.take();
+        let mut quiet = |_: &str| {};
+        let tr: Transcript<'_> = match sink.as_mut() {
+            Some(t) => t.as_mut(),
+            None => &mut quiet,
+        };
+        let result = self.rset(tr);
+        self.transcript = sink;
+        result
+    }
+
+    /// Connection::quit says QUIT, waits briefly for the 221 and closes.
+    pub fn quit(mut self) {
+        let mut sink = self.transcript.take();
+        let mut quiet = |_: &str| {};
+        let tr: Transcript<'_> = match sink.as_mut() {
+            Some(t) => t.as_mut(),
+            None => &mut quiet,
+        };
+        if !self.broken {
+            self.wire.quit(self.command_timeout, tr);
+        }
+    }
+
+    /// Connection::peer is "host:port" of the smarthost in use.
+    pub fn peer(&self) -> String {
+        self.wire.peer.clone()
+    }
+
+    /// Connection::extensions is what the smarthost offered in its last EHLO reply.
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
+    }
+
+    /// Connection::tls_info is "TLSv1.3 ..." when the session is encrypted, else None.
+    pub fn tls_info(&self) -> Option<String> {
+        self.wire.stream.tls_info()
+    }
+
+    /// Connection::set_transcript routes later send/reset/quit lines to `sink` too (probe --to).
+    pub fn set_transcript(&mut self, sink: Option<TranscriptSink>) {
+        self.transcript = sink;
+    }
+
+    /// Marks the session unusable and describes the I/O failure; always transient.
+    fn lost(&mut self, what: &str, e: WireError) -> ClientError {
+        self.broken = true;
+        wire_error(Stage::Send, &self.wire.peer, what, e)
+    }
+
+    fn read(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        tr: Transcript<'_>,
+    ) -> Result<Reply, ClientError> {
+        match self.wire.read_reply(timeout, false, tr) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.lost(what, e)),
+        }
+    }
+
+    fn write(&mut self, lines: &[(&str, &str)], tr: Transcript<'_>) -> Result<(), ClientError> {
+        match self.wire.send(lines, tr) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.lost("sending a command", e)),
+        }
+    }
+
+    fn rset(&mut self, tr: Transcript<'_>) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(self.unusable());
+        }
+        self.write(&[("RSET", "RSET")], tr)?;
+        let r = self.read(self.command_timeout, "RSET", tr)?;
+        if r.code != 250 {
+            // Out of step or in trouble: do not use this session for another message.
+            self.broken = true;
+            return Err(reply_error(
+                Stage::Send,
+                &self.wire.peer,
+                "RSET refused",
+                &r,
+            ));
+        }
+        Ok(())
+    }
+
+    fn unusable(&self) -> ClientError {
+        ClientError::new(
+            Stage::Send,
+            false,
+            format!(
+                "{}: connection no longer usable after an earlier error",
+                self.wire.peer
+            ),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_message(
+        &mut self,
+        sender: &str,
+        rcpts: &[String],
+        message: &mut dyn Read,
+        size: u64,
+        eight_bit: bool,
+        smtputf8: bool,
+        tr: Transcript<'_>,
+    ) -> Result<Vec<RcptOutcome>, ClientError> {
+        let peer = self.wire.peer.clone();
+        if self.broken {
+            return Err(self.unusable());
+        }
+        if rcpts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !valid_path(sender) {
+            return Err(ClientError::new(
+                Stage::Send,
+                true,
+                format!(
+                    "{peer}: sender address {:?} contains control characters",
+                    sender
+                ),
+            ));
+        }
+        // RFC 1870 6: a message bigger than the advertised SIZE would be refused after upload.
+        if let Some(max) = self.ext.size {
+            if max > 0 && size > max {
+                return Err(ClientError::new(
+                    Stage::Send,
+                    true,
+                    format!("{peer}: message of {size} bytes exceeds the smarthost's limit of {max} bytes"),
+                ));
+            }
+        }
+        let utf8 = smtputf8 || !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
+        // RFC 6531 3.4: without SMTPUTF8 the message cannot be sent; it will not appear later.
+        if utf8 && !self.ext.smtputf8 {
+            return Err(ClientError::new(
+                Stage::Send,
+                true,
+                format!("{peer}: message needs SMTPUTF8 (non-ASCII addresses) but the smarthost does not offer it"),
+            ));
+        }
+
+        let mut mail = format!("MAIL FROM:<{sender}>");
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={size}")); // RFC 1870 3
+        }
+        if eight_bit {
+            if self.ext.eight_bit_mime {
+                mail.push_str(" BODY=8BITMIME"); // RFC 6152 2
+            } else {
+                log::debug!("smarthost {peer}: 8BITMIME not offered; sending 8-bit data anyway");
+            }
+        }
+        if utf8 {
+            mail.push_str(" SMTPUTF8"); // RFC 6531 3.4
+        }
+
+        // None = accepted so far (the final dot decides).
+        let mut outcomes: Vec<Option<RcptOutcome>> = rcpts
+            .iter()
+            .map(|r| {
+                if valid_path(r) && !r.is_empty() {
+                    None
+                } else {
+                    Some(RcptOutcome::Permanent(format!(
+                        "invalid recipient address {r:?}"
+                    )))
+                }
+            })
+            .collect();
+        let rcpt_lines: Vec<(usize, String)> = rcpts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| outcomes[*i].is_none())
+            .map(|(i, r)| (i, format!("RCPT TO:<{r}>")))
+            .collect();
+        if rcpt_lines.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+
+        let pipelining = self.ext.pipelining;
+        if pipelining {
+            // RFC 2920 3.1: MAIL, every RCPT and DATA go as one group, DATA last; replies are
+            // read in order below.
+            let mut group: Vec<(&str, &str)> = vec![(&mail, &mail)];
+            group.extend(rcpt_lines.iter().map(|(_, l)| (l.as_str(), l.as_str())));
+            group.push(("DATA", "DATA"));
+            self.write(&group, tr)?;
+        } else {
+            self.write(&[(&mail, &mail)], tr)?;
+        }
+        // RFC 5321 4.5.3.2.2: MAIL, 5 minutes.
+        let mail_reply = self.read(self.command_timeout, "reading the reply to MAIL", tr)?;
+        let mail_ok = mail_reply.code == 250;
+        if !pipelining && !mail_ok {
+            return Err(reply_error(
+                Stage::Send,
+                &peer,
+                "MAIL FROM refused",
+                &mail_reply,
+            ));
+        }
+
+        let mut accepted = 0;
+        for (i, line) in &rcpt_lines {
+            if !pipelining {
+                self.write(&[(line, line)], tr)?;
+            }
+            // RFC 5321 4.5.3.2.3: RCPT, 5 minutes.
+            let r = self.read(self.command_timeout, "reading the reply to RCPT", tr)?;
+            outcomes[*i] = match r.code {
+                // RFC 5321 3.4: 251 "will forward" is an acceptance too.
+                250 | 251 => {
+                    accepted += 1;
+                    None
+                }
+                500..=599 => Some(RcptOutcome::Permanent(r.text())),
+                _ => Some(RcptOutcome::Transient(r.text())),
+            };
+        }
+
+        // RFC 5321 4.5.3.2.4: DATA initiation, 2 minutes.
+        let data_timeout = self.command_timeout.min(DATA_INIT_TIMEOUT);
+        let data_reply = if pipelining {
+            let r = self.read(data_timeout, "reading the reply to DATA", tr)?;
+            if r.code == 354 && (!mail_ok || accepted == 0) {
+                // RFC 2920 3.1 forbids this; the only safe way out is to drop the session so no
+                // empty message is delivered.
+                self.broken = true;
+                return Err(ClientError::new(
+                    Stage::Send,
+                    false,
+                    format!("{peer}: smarthost accepted DATA without a valid sender or recipient"),
+                ));
+            }
+            if !mail_ok {
+                return Err(reply_error(
+                    Stage::Send,
+                    &peer,
+                    "MAIL FROM refused",
+                    &mail_reply,
+                ));
+            }
+            Some(r)
+        } else {
+            None
+        };
+        if accepted == 0 {
+            // Nothing to deliver: close the transaction, report each refusal.
+            if let Err(e) = self.rset(tr) {
+                log::debug!("smarthost {peer}: {e}");
+            }
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let data_reply = match data_reply {
+            Some(r) => r,
+            None => {
+                self.write(&[("DATA", "DATA")], tr)?;
+                self.read(data_timeout, "reading the reply to DATA", tr)?
+            }
+        };
+        if data_reply.code != 354 {
+            return Err(reply_error(Stage::Send, &peer, "DATA refused", &data_reply));
+        }
+
+        // RFC 5321 4.5.3.2.5: each data block, 3 minutes.
+        let block_timeout = nonzero(self.data_timeout.min(DATA_BLOCK_TIMEOUT));
+        let written = self.write_body(message, block_timeout);
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => return Err(self.lost("sending the message", e)),
+        };
+        note(
+            tr,
+            &peer,
+            &format!("C: ({written} bytes of message, dot-stuffed)"),
+        );
+        note(tr, &peer, "C: .");
+        // RFC 5321 4.5.3.2.6: the reply to the final dot, 10 minutes.
+        let dot = self.read(self.data_timeout, "reading the reply to the final dot", tr)?;
+        let final_outcome = match dot.code {
+            250 => RcptOutcome::Accepted,
+            400..=499 => RcptOutcome::Transient(dot.text()),
+            500..=599 => RcptOutcome::Permanent(dot.text()),
+            _ => {
+                // Neither taken nor refused: do not risk a duplicate by guessing; retry later.
+                self.broken = true;
+                return Err(ClientError::new(
+                    Stage::Send,
+                    false,
+                    format!("{peer}: unexpected reply to the final dot: {}", dot.text()),
+                ));
+            }
+        };
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
+            .collect())
+    }
+
+    /// Streams the message through a 64 KiB buffer with dot-stuffing and the final dot.
+    fn write_body(&mut self, message: &mut dyn Read, timeout: Duration) -> Result<u64, WireError> {
+        let tcp = self.wire.stream.tcp();
+        tcp.set_write_timeout(Some(timeout))?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &mut self.wire.stream);
+        let n = write_stuffed(message, &mut out)?;
+        out.flush()?;
+        drop(out);
+        self.wire
+            .stream
+            .tcp()
+            .set_write_timeout(Some(nonzero(self.command_timeout)))?;
+        Ok(n)
+    }
+}
+
+/// An envelope address is safe on a command line when it has no control characters (CR/LF
+/// would inject commands) and no '<' '>' that would end the path early.
+fn valid_path(addr: &str) -> bool {
+    !addr.chars().any(|c| c.is_control() || c == '<' || c == '>')
+}
+
+/// "host:port", with IPv6 literals in brackets.
+fn peer_name(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Resolves (IPv6 and IPv4) and connects to the first address that answers.
+fn connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    peer: &str,
+) -> Result<(TcpStream, SocketAddr), ClientError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            ClientError::new(
+                Stage::Connect,
+                false,
+                format!("{peer}: cannot resolve {host}: {e}"),
+            )
+        })?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, nonzero(timeout)) {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => {
+                log::debug!("smarthost {peer}: connect to {addr}: {e}");
+                last = Some((addr, e));
+            }
+        }
+    }
+    Err(match last {
+        Some((addr, e)) => ClientError::new(
+            Stage::Connect,
+            false,
+            format!("{peer}: cannot connect to {addr}: {}", WireError::from(e)),
+        ),
+        None => ClientError::new(
+            Stage::Connect,
+            false,
+            format!("{peer}: {host} has no address"),
+        ),
+    })
+}
+
+/// One host: connect, (implicit TLS,) greeting, EHLO, STARTTLS + EHLO, AUTH.
+fn open_host(
+    s: &Settings,
+    host: &str,
+    port: u16,
+    tr: Transcript<'_>,
+) -> Result<Connection, ClientError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let peer = peer_name(host, port);
+    let (tcp, addr) = connect(host, port, s.connect_timeout, &peer)?;
+    note(tr, &peer, &format!("* connected to {peer} ({addr})"));
+    let _ = tcp.set_nodelay(true); // small commands, waited for: no Nagle delay
+    tcp.set_write_timeout(Some(nonzero(s.command_timeout)))
+        .map_err(|e| wire_error(Stage::Connect, &peer, "socket setup", e.into()))?;
+    let mut wire = Wire::new(Stream::Plain(tcp), peer.clone());
+    let t = s.command_timeout;
+
+    if s.tls == TlsMode::Implicit {
+        // RFC 8314 3.3: TLS first, then SMTP inside it.
+        wire = wire.start_tls(s.tls_config.clone(), host, t, tr)?;
+    }
+
+    // RFC 5321 4.5.3.2.1: the greeting, 5 minutes; 3.1: anything but 220 means no service.
+    let greeting = wire
+        .read_reply(t, false, tr)
+        .map_err(|e| wire_error(Stage::Connect, &peer, "waiting for the greeting", e))?;
+    if greeting.code != 220 {
+        wire.quit(t, tr);
+        return Err(refused(Stage::Connect, &peer, "greeting", &greeting));
+    }
+    let mut ext = hello(&mut wire, s, tr)?;
+
+    if s.tls == TlsMode::StartTls {
+        // RFC 3207 4: never fall back to plaintext; only QUIT may still be sent in the clear.
+        if !ext.starttls {
+            wire.quit(t, tr);
+            return Err(ClientError::new(
+                Stage::Tls,
+                false,
+                format!("{peer}: smarthost does not offer STARTTLS; refusing to send in plaintext (tls = starttls)"),
+            ));
+        }
+        wire.command("STARTTLS", tr)
+            .map_err(|e| wire_error(Stage::Tls, &peer, "STARTTLS", e))?;
+        let r = wire
+            .read_reply(t, false, tr)
+            .map_err(|e| wire_error(Stage::Tls, &peer, "STARTTLS", e))?;
+        if r.code != 220 {
+            wire.quit(t, tr);
+            return Err(refused(Stage::Tls, &peer, "STARTTLS refused", &r));
+        }
+        // Bytes that came before the handshake must not be read as if they came through TLS
+        // (STARTTLS response injection, CVE-2011-1575 class).
+        if wire.pending() {
+            return Err(ClientError::new(
+                Stage::Tls,
+                false,
+                format!(
+                    "{peer}: smarthost sent data after its STARTTLS reply; refusing to continue"
+                ),
+            ));
+        }
+        wire = wire.start_tls(s.tls_config.clone(), host, t, tr)?;
+        // RFC 3207 4.2: forget what was learned in plaintext and ask again.
+        ext = hello(&mut wire, s, tr)?;
+    }
+
+    if let Some(user) = &s.username {
+        let password = s.password.as_deref().unwrap_or("");
+        if let Err(e) = authenticate(&mut wire, &ext, user, password, t, tr) {
+            wire.quit(t, tr);
+            return Err(e);
+        }
+    }
+
+    Ok(Connection {
+        wire,
+        ext,
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+        broken: false,
+        transcript: None,
+    })
+}
+
+/// A refused greeting, EHLO or STARTTLS is about the server, not the message: never bounce
+/// for it, whatever the code.
+fn refused(stage: Stage, peer: &str, what: &str, r: &Reply) -> ClientError {
+    ClientError::new(stage, false, format!("{peer}: {what}: {}", r.text()))
+}
+
+/// EHLO, falling back to HELO on a 5xx (RFC 5321 3.2) only when nothing needs extensions:
+/// HELO can offer neither STARTTLS nor AUTH, so with those required the attempt fails instead.
+fn hello(wire: &mut Wire, s: &Settings, tr: Transcript<'_>) -> Result<Extensions, ClientError> {
+    let peer = wire.peer.clone();
+    let t = s.command_timeout;
+    let io = |e| wire_error(Stage::Connect, &peer, "EHLO", e);
+    wire.command(&format!("EHLO {}", s.helo), tr).map_err(io)?;
+    let r = wire.read_reply(t, false, tr).map_err(io)?;
+    if r.code == 250 {
+        return Ok(Extensions::parse(&r.lines));
+    }
+    let needs_extensions =
+        s.username.is_some() || (s.tls == TlsMode::StartTls && !wire.stream.is_tls());
+    if (500..600).contains(&r.code) && !needs_extensions {
+        let io = |e| wire_error(Stage::Connect, &peer, "HELO", e);
+        wire.command(&format!("HELO {}", s.helo), tr).map_err(io)?;
+        let r = wire.read_reply(t, false, tr).map_err(io)?;
+        if r.code == 250 {
+            return Ok(Extensions::default());
+        }
+        wire.quit(t, tr);
+        return Err(refused(Stage::Connect, &peer, "HELO refused", &r));
+    }
+    wire.quit(t, tr);
+    Err(refused(Stage::Connect, &peer, "EHLO refused", &r))
+}
+
+/// AUTH PLAIN with an initial response (RFC 4954 4, RFC 4616), else AUTH LOGIN.
+fn authenticate(
+    wire: &mut Wire,
+    ext: &Extensions,
+    user: &str,
+    password: &str,
+    t: Duration,
+    tr: Transcript<'_>,
+) -> Result<(), ClientError> {
+    let peer = wire.peer.clone();
+    let io = |e| wire_error(Stage::Auth, &peer, "AUTH", e);
+    if ext.auth.is_empty() {
+        let hint = if wire.stream.is_tls() {
+            ""
+        } else {
+            " (many servers offer it only over TLS: set tls = starttls or tls)"
+        };
+        return Err(ClientError::new(
+            Stage::Auth,
+            true,
+            format!("{peer}: username is set but the smarthost does not offer AUTH{hint}"),
+        ));
+    }
+    let reply = if ext.auth.iter().any(|m| m == "PLAIN") {
+        // RFC 4616 2: [authzid] NUL authcid NUL passwd, with an empty authzid.
+        let mut token = Vec::with_capacity(user.len() + password.len() + 2);
+        token.push(0);
+        token.extend_from_slice(user.as_bytes());
+        token.push(0);
+        token.extend_from_slice(password.as_bytes());
+        let line = format!("AUTH PLAIN {}", crate::base64::encode(&token));
+        wire.send(&[(&line, &format!("AUTH PLAIN {MASK}"))], tr)
+            .map_err(io)?;
+        wire.read_reply(t, true, tr).map_err(io)?
+    } else if ext.auth.iter().any(|m| m == "LOGIN") {
+        wire.command("AUTH LOGIN", tr).map_err(io)?;
+        let mut r = wire.read_reply(t, true, tr).map_err(io)?;
+        for secret in [user, password] {
+            if r.code != 334 {
+                break;
+            }
+            let line = crate::base64::encode(secret.as_bytes());
+            wire.send(&[(&line, MASK)], tr).map_err(io)?;
+            r = wire.read_reply(t, true, tr).map_err(io)?;
+        }
+        r
+    } else {
+        return Err(ClientError::new(
+            Stage::Auth,
+            true,
+            format!(
+                "{peer}: smarthost offers AUTH {} but only PLAIN and LOGIN are supported",
+                ext.auth.join(" ")
+            ),
+        ));
+    };
+    match reply.code {
+        235 => Ok(()),
+        334 => {
+            // More challenges than the mechanism has answers for: cancel (RFC 4954 4).
+            wire.send(&[("*", "*")], tr).map_err(io)?;
+            let _ = wire.read_reply(t, true, tr);
+            Err(ClientError::new(
+                Stage::Auth,
+                false,
+                format!("{peer}: unexpected AUTH challenge; login cancelled"),
+            ))
+        }
+        // RFC 4954 6: 535 = bad credentials, other 5xx = refused for good (retrying with the
+        // same password only risks a lockout); 4xx = try later.
+        _ => Err(reply_error(Stage::Auth, &peer, "login refused", &reply)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+    use std::thread::JoinHandle;
+    use std::time::Instant;
+
+    /// One step of a scripted smarthost.
+    enum Step {
+        /// Send these lines ('\n'-separated; CRLF appended to each) in one write.
+        S(&'static str),
+        /// Read one line; it must start with this (else the script stops and logs UNEXPECTED).
+        C(&'static str),
+        /// Read message lines up to the final dot; logged as "BODY:" + lines joined with '\n'.
+        Data,
+        /// Server side of the TLS handshake.
+        Tls,
+        /// Send raw bytes.
+        Raw(Vec<u8>),
+        /// Do nothing for this many milliseconds.
+        Wait(u64),
+        /// Close the connection now.
+        Close,
+    }
+    use Step::*;
+
+    /// A scripted server on 127.0.0.1:0; `log` returns every line it received.
+    struct Server {
+        port: u16,
+        handle: JoinHandle<Vec<String>>,
+    }
+
+    impl Server {
+        fn log(self) -> Vec<String> {
+            self.handle.join().unwrap()
+        }
+    }
+
+    fn read_line(s: &mut Stream) -> Option<String> {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            match s.read(&mut b) {
+                Ok(1) => {
+                    if b[0] == b'\n' {
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                        return Some(String::from_utf8_lossy(&line).into_owned());
+                    }
+                    line.push(b[0]);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn serve(script: Vec<Step>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut s = Some(Stream::Plain(tcp));
+            for step in script {
+                let st = s.as_mut().unwrap();
+                match step {
+                    S(text) => {
+                        let mut out = String::new();
+                        for l in text.split('\n') {
+                            out.push_str(l);
+                            out.push_str("\r\n");
+                        }
+                        if st.write_all(out.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                    Raw(bytes) => {
+                        if st.write_all(&bytes).is_err() {
+                            break;
+                        }
+                    }
+                    C(prefix) => match read_line(st) {
+                        Some(l) if l.starts_with(prefix) => log.push(l),
+                        Some(l) => {
+                            log.push(format!("UNEXPECTED {l}"));
+                            break;
+                        }
+                        None => {
+                            log.push(format!("EOF waiting for {prefix}"));
+                            break;
+                        }
+                    },
+                    Data => {
+                        let mut body = Vec::new();
+                        loop {
+                            match read_line(st) {
+                                Some(l) if l == "." => break,
+                                Some(l) => body.push(l),
+                                None => break,
+                            }
+                        }
+                        log.push(format!("BODY:{}", body.join("\n")));
+                    }
+                    Tls => {
+                        let plain = s.take().unwrap();
+                        s = Some(plain.accept_tls(server_tls()).unwrap());
+                    }
+                    Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                    Close => return log,
+                }
+            }
+            // Record whatever else the client sends (proves what it did NOT send, too).
+            if let Some(mut st) = s {
+                let _ = st.tcp().set_read_timeout(Some(Duration::from_millis(500)));
+                while let Some(l) = read_line(&mut st) {
+                    log.push(format!("AFTER {l}"));
+                }
+            }
+            log
+        });
+        Server { port, handle }
+    }
+
+    /// A port nobody listens on.
+    fn dead_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    struct Certs {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    }
+
+    /// A throwaway CA and a "localhost"/127.0.0.1 server certificate, made once with openssl.
+    fn certs() -> &'static Certs {
+        static CERTS: OnceLock<Certs> = OnceLock::new();
+        CERTS.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("picorelay-client-test-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let run = |args: &[&str]| {
+                let st = std::process::Command::new("openssl")
+                    .args(args)
+                    .current_dir(&dir)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "openssl {args:?}");
+            };
+            let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+            run(&[&["genpkey"][..], &ec, &["-out", "ca.key"]].concat());
+            run(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Test CA", "-days", "2", "-out", "ca.pem"]);
+            run(&[&["genpkey"][..], &ec, &["-out", "leaf.key"]].concat());
+            run(&["req", "-new", "-key", "leaf.key", "-subj", "/CN=localhost", "-out", "leaf.csr"]);
+            std::fs::write(
+                dir.join("ext"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            run(&[
+                "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "ext", "-out", "leaf.pem",
+            ]);
+            Certs {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("leaf.pem"),
+                key: dir.join("leaf.key"),
+            }
+        })
+    }
+
+    fn server_tls() -> Arc<rustls::ServerConfig> {
+        let c = certs();
+        crate::tls::server_config(&c.cert, &c.key).unwrap()
+    }
+
+    fn settings(ports: &[u16], tls: TlsMode) -> Settings {
+        Settings {
+            hosts: ports
+                .iter()
+                .map(|p| ("127.0.0.1".to_string(), *p))
+                .collect(),
+            tls,
+            tls_config: crate::tls::client_config(true, Some(&certs().ca), None).unwrap(),
+            username: None,
+            password: None,
+            helo: "relay.test".to_string(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn with_auth(mut s: Settings) -> Settings {
+        s.username = Some("user".to_string());
+        s.password = Some("sekret pass".to_string());
+        s
+    }
+
+    const GREET: Step = S("220 smarthost.test ESMTP");
+
+    fn rcpts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|r| r.to_string()).collect()
+    }
+
+    const MSG: &[u8] = b"Subject: hi\r\n\r\n.leading dot\r\nbody\r\n";
+
+    fn send(c: &mut Connection, to: &[&str]) -> Result<Vec<RcptOutcome>, ClientError> {
+        c.send(
+            "s@x.test",
+            &rcpts(to),
+            &mut &MSG[..],
+            MSG.len() as u64,
+            false,
+            false,
+        )
+    }
+
+    /// Collects a transcript into a shared Vec.
+    fn recorder() -> (Arc<Mutex<Vec<String>>>, TranscriptSink) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        (
+            lines,
+            Box::new(move |l: &str| l2.lock().unwrap().push(l.to_string())),
+        )
+    }
+
+    fn has(log: &[String], prefix: &str) -> bool {
+        log.iter()
+            .any(|l| l.trim_start_matches("AFTER ").starts_with(prefix))
+    }
+
+    #[test]
+    fn pipelined_happy_path() {
+        // A non-pipelining client would wait for the MAIL reply forever: the script only
+        // answers after MAIL, both RCPTs and DATA arrived.
+        let srv = serve(vec![
+            GREET,
+            C("EHLO relay.test"),
+            S("250-smarthost.test\n250-PIPELINING\n250-SIZE 1000000\n250 8BITMIME"),
+            C("MAIL FROM:<s@x.test> SIZE=35 BODY=8BITMIME"),
+            C("RCPT TO:<a@y.test>"),
+            C("RCPT TO:<b@y.test>"),
+            C("DATA"),
+            S("250 2.1.0 ok\n250 2.1.5 ok\n250 2.1.5 ok\n354 go"),
+            Data,
+            S("250 2.0.0 queued"),
+            C("RSET"),
+            S("250 2.0.0 ok"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        assert!(c.extensions().pipelining);
+        assert_eq!(c.extensions().size, Some(1_000_000));
+        let out = c
+            .send(
+                "s@x.test",
+                &rcpts(&["a@y.test", "b@y.test"]),
+                &mut &MSG[..],
+                35,
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(out, vec![RcptOutcome::Accepted, RcptOutcome::Accepted]);
+        c.reset().unwrap();
+        c.quit();
+        let log = srv.log();
+        assert!(
+            has(&log, "BODY:Subject: hi\n\n..leading dot\nbody"),
+            "{log:?}"
+        );
+        assert!(has(&log, "QUIT"), "{log:?}");
+    }
+
+    #[test]
+    fn one_by_one_happy_path() {
+        // No SIZE, no 8BITMIME offered: MAIL carries no parameters, 8-bit data is sent anyway.
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-smarthost.test\n250 HELP"),
+            C("MAIL FROM:<s@x.test>"),
+            S("250 ok"),
+            C("RCPT TO:<a@y.test>"),
+            S("250 ok"),
+            C("DATA"),
+            S("354 go"),
+            Data,
+            S("250 queued"),
+        ]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        let out = c
+            .send(
+                "s@x.test",
+                &rcpts(&["a@y.test"]),
+                &mut &MSG[..],
+                35,
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(out, vec![RcptOutcome::Accepted]);
+        drop(c);
+        let log = srv.log();
+        assert!(log.contains(&"MAIL FROM:<s@x.test>".to_string()), "{log:?}");
+    }
+
+    /// Per-recipient replies and the final-dot reply, table-driven; pipelined and not.
+    #[test]
+    fn recipient_outcomes() {
+        let perm = |t: &str| RcptOutcome::Permanent(t.to_string());
+        let temp = |t: &str| RcptOutcome::Transient(t.to_string());
+        let cases: Vec<(&str, [&'static str; 2], &'static str, Vec<RcptOutcome>)> = vec![
+            (
+                "550 on one",
+                ["250 ok", "550 5.1.1 no such user"],
+                "250 queued",
+                vec![RcptOutcome::Accepted, perm("550 5.1.1 no such user")],
+            ),
+            (
+                "452 on one",
+                ["452 4.5.3 too many", "250 ok"],
+                "250 queued",
+                vec![temp("452 4.5.3 too many"), RcptOutcome::Accepted],
+            ),
+            (
+                "5xx after dot",
+                ["250 ok", "551 no"],
+                "554 5.7.1 spam",
+                vec![perm("554 5.7.1 spam"), perm("551 no")],
+            ),
+            (
+                "4xx after dot",
+                ["250 ok", "250 ok"],
+                "451 4.3.0 later",
+                vec![temp("451 4.3.0 later"), temp("451 4.3.0 later")],
+            ),
+        ];
+        for pipelining in [false, true] {
+            for (name, rcpt_replies, dot, want) in &cases {
+                let ehlo = if pipelining {
+                    "250-s\n250 PIPELINING"
+                } else {
+                    "250 s"
+                };
+                let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+                if pipelining {
+                    script.extend([C("MAIL"), C("RCPT"), C("RCPT"), C("DATA"), S("250 ok")]);
+                    script.extend([S(rcpt_replies[0]), S(rcpt_replies[1]), S("354 go")]);
+                } else {
+                    script.extend([C("MAIL"), S("250 ok"), C("RCPT"), S(rcpt_replies[0])]);
+                    script.extend([C("RCPT"), S(rcpt_replies[1]), C("DATA"), S("354 go")]);
+                }
+                script.extend([Data, S(dot)]);
+                let srv = serve(script);
+                let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+                let out = send(&mut c, &["a@y.test", "b@y.test"]).unwrap();
+                assert_eq!(&out, want, "{name} pipelining={pipelining}");
+                drop(c);
+                let log = srv.log();
+                assert!(has(&log, "BODY:"), "{name}: {log:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_recipient_accepted_sends_no_data() {
+        for pipelining in [false, true] {
+            let mut script = vec![GREET, C("EHLO")];
+            if pipelining {
+                script.extend([S("250-s\n250 PIPELINING"), C("MAIL"), C("RCPT"), C("DATA")]);
+                script.push(S(
+                    "250 ok\n550 5.1.1 unknown\n554 5.5.1 no valid recipients",
+                ));
+            } else {
+                script.extend([
+                    S("250 s"),
+                    C("MAIL"),
+                    S("250 ok"),
+                    C("RCPT"),
+                    S("550 5.1.1 unknown"),
+                ]);
+            }
+            script.extend([C("RSET"), S("250 ok")]);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            let out = send(&mut c, &["a@y.test"]).unwrap();
+            assert_eq!(
+                out,
+                vec![RcptOutcome::Permanent("550 5.1.1 unknown".to_string())]
+            );
+            drop(c);
+            let log = srv.log();
+            assert!(!has(&log, "BODY:") && !has(&log, "UNEXPECTED"), "{log:?}");
+            assert_eq!(
+                log.iter().filter(|l| l.starts_with("DATA")).count(),
+                usize::from(pipelining)
+            );
+        }
+    }
+
+    #[test]
+    fn mail_refused_is_an_error_with_its_permanence() {
+        for (reply, permanent) in [
+            ("553 5.7.1 sender denied", true),
+            ("451 4.7.1 later", false),
+        ] {
+            let srv = serve(vec![GREET, C("EHLO"), S("250 s"), C("MAIL"), S(reply)]);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            let e = send(&mut c, &["a@y.test"]).unwrap_err();
+            assert_eq!((e.stage, e.permanent), (Stage::Send, permanent), "{e}");
+            assert!(e.message.contains(reply), "{e}");
+            drop(c);
+            assert!(!has(&srv.log(), "RCPT"));
+        }
+    }
+
+    #[test]
+    fn starttls_missing_or_refused_sends_nothing_in_plaintext() {
+        let cases = [
+            (
+                "does not offer STARTTLS",
+                vec![
+                    GREET,
+                    C("EHLO"),
+                    S("250-s\n250 AUTH PLAIN"),
+                    C("QUIT"),
+                    S("221 bye"),
+                ],
+            ),
+            (
+                "454 4.7.0 TLS not available",
+                vec![
+                    GREET,
+                    C("EHLO"),
+                    S("250-s\n250 STARTTLS"),
+                    C("STARTTLS"),
+                    S("454 4.7.0 TLS not available"),
+                    C("QUIT"),
+                    S("221 bye"),
+                ],
+            ),
+            // A reply smuggled behind the 220 (response injection) is refused too.
+            (
+                "after its STARTTLS reply",
+                vec![
+                    GREET,
+                    C("EHLO"),
+                    S("250-s\n250 STARTTLS"),
+                    C("STARTTLS"),
+                    S("220 go\n250 injected"),
+                ],
+            ),
+        ];
+        for (why, script) in cases {
+            let srv = serve(script);
+            let s = with_auth(settings(&[srv.port], TlsMode::StartTls));
+            let e = Connection::open(&s, None).err().unwrap();
+            assert_eq!((e.stage, e.permanent), (Stage::Tls, false), "{e}");
+            assert!(e.message.contains(why), "{e}");
+            let log = srv.log();
+            for verb in ["MAIL", "AUTH", "RCPT", "UNEXPECTED"] {
+                assert!(!has(&log, verb), "{verb} in {log:?}");
+            }
+            assert_eq!(
+                log.iter().filter(|l| l.contains("EHLO")).count(),
+                1,
+                "{log:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_plain_and_login() {
+        let plain = format!(
+            "AUTH PLAIN {}",
+            crate::base64::encode(b"\0user\0sekret pass")
+        );
+        let plain: &'static str = Box::leak(plain.into_boxed_str());
+        let u: &'static str = Box::leak(crate::base64::encode(b"user").into_boxed_str());
+        let p: &'static str = Box::leak(crate::base64::encode(b"sekret pass").into_boxed_str());
+        let cases = vec![
+            vec![
+                GREET,
+                C("EHLO"),
+                S("250-s\n250 AUTH LOGIN PLAIN"),
+                C(plain),
+                S("235 2.7.0 ok"),
+            ],
+            vec![
+                GREET,
+                C("EHLO"),
+                S("250-s\n250 AUTH=LOGIN"),
+                C("AUTH LOGIN"),
+                S("334 VXNlcm5hbWU6"),
+                C(u),
+                S("334 UGFzc3dvcmQ6"),
+                C(p),
+                S("235 2.7.0 ok"),
+            ],
+        ];
+        for script in cases {
+            let srv = serve(script);
+            let (lines, mut rec) = recorder();
+            let c = Connection::open(
+                &with_auth(settings(&[srv.port], TlsMode::None)),
+                Some(&mut *rec),
+            )
+            .unwrap();
+            c.quit();
+            let log = srv.log();
+            assert!(!has(&log, "UNEXPECTED") && !has(&log, "EOF"), "{log:?}");
+            let t = lines.lock().unwrap().join("\n");
+            assert!(
+                !t.contains(p)
+                    && !t.contains(u)
+                    && !t.contains("sekret")
+                    && !t.contains(&plain[11..]),
+                "{t}"
+            );
+            assert!(t.contains("C: AUTH ") && t.contains("********"), "{t}");
+            assert!(!t.contains("VXNlcm5hbWU6"), "challenge not masked: {t}");
+        }
+    }
+
+    #[test]
+    fn auth_failures() {
+        let cases: Vec<(&'static str, &'static str, bool)> = vec![
+            ("250-s\n250 AUTH PLAIN", "535 5.7.8 bad credentials", true),
+            ("250-s\n250 AUTH PLAIN", "534 5.7.9 weak", true),
+            ("250-s\n250 AUTH PLAIN", "454 4.7.0 try later", false),
+        ];
+        for (ehlo, reply, permanent) in cases {
+            // The second host must not be tried after a refused login.
+            let other = serve(vec![]);
+            let srv = serve(vec![
+                GREET,
+                C("EHLO"),
+                S(ehlo),
+                C("AUTH PLAIN"),
+                S(reply),
+                C("QUIT"),
+                S("221 bye"),
+            ]);
+            let s = with_auth(settings(&[srv.port, other.port], TlsMode::None));
+            let e = Connection::open(&s, None).err().unwrap();
+            assert_eq!((e.stage, e.permanent), (Stage::Auth, permanent), "{e}");
+            assert!(e.message.contains(reply), "{e}");
+            assert!(!has(&srv.log(), "UNEXPECTED"));
+            // Unblock the untouched server's accept().
+            drop(TcpStream::connect(("127.0.0.1", other.port)));
+            assert!(other.log().is_empty());
+        }
+        for ehlo in ["250-s\n250 SIZE 10", "250-s\n250 AUTH CRAM-MD5"] {
+            let srv = serve(vec![GREET, C("EHLO"), S(ehlo)]);
+            let e = Connection::open(&with_auth(settings(&[srv.port], TlsMode::None)), None)
+                .err()
+                .unwrap();
+            assert_eq!((e.stage, e.permanent), (Stage::Auth, true), "{e}");
+            assert!(!has(&srv.log(), "AUTH"));
+        }
+    }
+
+    #[test]
+    fn size_and_smtputf8_limits_are_permanent() {
+        let srv = serve(vec![GREET, C("EHLO"), S("250-s\n250 SIZE 100")]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        let e = c
+            .send(
+                "s@x.test",
+                &rcpts(&["a@y.test"]),
+                &mut &MSG[..],
+                1000,
+                false,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!((e.stage, e.permanent), (Stage::Send, true), "{e}");
+        let e = c
+            .send(
+                "s@x.test",
+                &rcpts(&["jörg@y.test"]),
+                &mut &MSG[..],
+                35,
+                false,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!((e.stage, e.permanent), (Stage::Send, true), "{e}");
+        assert!(e.message.contains("SMTPUTF8"), "{e}");
+        drop(c);
+        assert!(!has(&srv.log(), "MAIL"));
+
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 SMTPUTF8"),
+            C("MAIL FROM:<s@x.test> SMTPUTF8"),
+            S("250 ok"),
+            C("RCPT TO:<jörg@y.test>"),
+            S("250 ok"),
+            C("DATA"),
+            S("354 go"),
+            Data,
+            S("250 ok"),
+        ]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        assert_eq!(
+            send(&mut c, &["jörg@y.test"]).unwrap(),
+            vec![RcptOutcome::Accepted]
+        );
+        drop(c);
+        assert!(!has(&srv.log(), "UNEXPECTED"));
+    }
+
+    #[test]
+    fn bad_addresses_are_never_sent() {
+        let srv = serve(vec![GREET, C("EHLO"), S("250 s")]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        let out = send(&mut c, &["a@y.test\r\nRSET", "b>@y"]).unwrap();
+        assert!(
+            out.iter().all(|o| matches!(o, RcptOutcome::Permanent(_))),
+            "{out:?}"
+        );
+        let e = c
+            .send(
+                "s@x\nQUIT",
+                &rcpts(&["a@y.test"]),
+                &mut &MSG[..],
+                35,
+                false,
+                false,
+            )
+            .unwrap_err();
+        assert!(e.permanent);
+        drop(c);
+        let log = srv.log();
+        assert!(!has(&log, "MAIL") && !has(&log, "RCPT"), "{log:?}");
+    }
+
+    #[test]
+    fn failover_to_the_next_host() {
+        let srv = serve(vec![GREET, C("EHLO"), S("250 s"), C("QUIT"), S("221 bye")]);
+        let c = Connection::open(&settings(&[dead_port(), srv.port], TlsMode::None), None).unwrap();
+        assert_eq!(c.peer(), format!("127.0.0.1:{}", srv.port));
+        c.quit();
+        srv.log();
+        // All hosts down: the last error is returned.
+        let dead = dead_port();
+        let e = Connection::open(&settings(&[dead_port(), dead], TlsMode::None), None)
+            .err()
+            .unwrap();
+        assert_eq!((e.stage, e.permanent), (Stage::Connect, false));
+        assert!(e.message.contains(&format!(":{dead}")), "{e}");
+    }
+
+    #[test]
+    fn broken_servers_give_transient_errors_without_hanging() {
+        let many: String = (0..MAX_REPLY_LINES + 5)
+            .map(|_| "250-x\n")
+            .collect::<String>()
+            + "250 x";
+        let many: &'static str = Box::leak(many.into_boxed_str());
+        let cases: Vec<(&str, Vec<Step>, Stage)> = vec![
+            (
+                "too many lines",
+                vec![GREET, C("EHLO"), S(many), Wait(3000)],
+                Stage::Connect,
+            ),
+            (
+                "line too long",
+                vec![Raw(vec![b'2'; 5000]), Wait(3000)],
+                Stage::Connect,
+            ),
+            (
+                "garbage",
+                vec![S("hello there"), Wait(3000)],
+                Stage::Connect,
+            ),
+            (
+                "mixed codes",
+                vec![GREET, C("EHLO"), S("250-s\n251 x"), Wait(3000)],
+                Stage::Connect,
+            ),
+            (
+                "greeting 554",
+                vec![S("554 go away"), C("QUIT")],
+                Stage::Connect,
+            ),
+            ("closed", vec![Close], Stage::Connect),
+        ];
+        for (name, script, stage) in cases {
+            let srv = serve(script);
+            let mut s = settings(&[srv.port], TlsMode::None);
+            s.command_timeout = Duration::from_secs(10);
+            let t0 = Instant::now();
+            let e = Connection::open(&s, None).err().unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{name}: took {:?}",
+                t0.elapsed()
+            );
+            assert_eq!((e.stage, e.permanent), (stage, false), "{name}: {e}");
+            if !matches!(name, "greeting 554" | "closed") {
+                assert!(
+                    e.message.contains("smarthost sent an invalid reply"),
+                    "{name}: {e}"
+                );
+            }
+            // Not joined: the server thread ends on its own after its Wait.
+            drop(srv);
+        }
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let srv = serve(vec![Wait(1500)]);
+        let mut s = settings(&[srv.port], TlsMode::None);
+        s.command_timeout = Duration::from_millis(300);
+        let t0 = Instant::now();
+        let e = Connection::open(&s, None).err().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!((e.stage, e.permanent), (Stage::Connect, false));
+        assert!(e.message.contains("timed out"), "{e}");
+        srv.log();
+
+        // No reply to the final dot within data_timeout.
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250 s"),
+            C("MAIL"),
+            S("250 ok"),
+            C("RCPT"),
+            S("250 ok"),
+            C("DATA"),
+            S("354 go"),
+            Data,
+            Wait(1500),
+        ]);
+        let mut s = settings(&[srv.port], TlsMode::None);
+        s.data_timeout = Duration::from_millis(300);
+        let mut c = Connection::open(&s, None).unwrap();
+        let e = send(&mut c, &["a@y.test"]).unwrap_err();
+        assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{e}");
+        assert!(e.message.contains("timed out"), "{e}");
+        // The session is out of step now: no more commands on it.
+        assert!(c.reset().is_err());
+        srv.log();
+    }
+
+    #[test]
+    fn connection_lost_mid_data_is_transient() {
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250 s"),
+            C("MAIL"),
+            S("250 ok"),
+            C("RCPT"),
+            S("250 ok"),
+            C("DATA"),
+            S("354 go"),
+            Close,
+        ]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        let big =
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(40_000);
+        let e = c
+            .send(
+                "s@x.test",
+                &rcpts(&["a@y.test"]),
+                &mut &big[..],
+                big.len() as u64,
+                false,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{e}");
+        srv.log();
+    }
+
+    #[test]
+    fn helo_fallback_only_when_nothing_is_required() {
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("502 5.5.2 what"),
+            C("HELO relay.test"),
+            S("250 hi"),
+            C("QUIT"),
+            S("221"),
+        ]);
+        let c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        assert_eq!(c.extensions(), &Extensions::default());
+        c.quit();
+        assert!(!has(&srv.log(), "UNEXPECTED"));
+
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("502 5.5.2 what"),
+            C("QUIT"),
+            S("221"),
+        ]);
+        let e = Connection::open(&with_auth(settings(&[srv.port], TlsMode::None)), None)
+            .err()
+            .unwrap();
+        assert_eq!((e.stage, e.permanent), (Stage::Connect, false), "{e}");
+        assert!(!has(&srv.log(), "HELO"));
+    }
+
+    #[test]
+    fn starttls_then_auth_over_tls() {
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 STARTTLS"),
+            C("STARTTLS"),
+            S("220 go"),
+            Tls,
+            C("EHLO relay.test"),
+            S("250-s\n250-AUTH PLAIN\n250 PIPELINING"),
+            C("AUTH PLAIN "),
+            S("235 ok"),
+            C("MAIL"),
+            C("RCPT"),
+            C("DATA"),
+            S("250 ok\n250 ok\n354 go"),
+            Data,
+            S("250 queued"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let mut s = with_auth(settings(&[srv.port], TlsMode::StartTls));
+        s.hosts = vec![("localhost".to_string(), srv.port)];
+        let (lines, mut rec) = recorder();
+        let mut c = Connection::open(&s, Some(&mut *rec)).unwrap();
+        assert!(c.tls_info().unwrap().starts_with("TLS"));
+        assert!(c.extensions().pipelining && !c.extensions().starttls);
+        let (send_lines, sink) = recorder();
+        c.set_transcript(Some(sink));
+        assert_eq!(
+            send(&mut c, &["a@y.test"]).unwrap(),
+            vec![RcptOutcome::Accepted]
+        );
+        c.quit();
+        let log = srv.log();
+        assert!(!has(&log, "UNEXPECTED") && has(&log, "BODY:"), "{log:?}");
+        assert!(lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("* TLS established")));
+        assert!(send_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "S: 250 queued"));
+    }
+
+    #[test]
+    fn implicit_tls_and_untrusted_certificate() {
+        let srv = serve(vec![
+            Tls,
+            GREET,
+            C("EHLO"),
+            S("250 s"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let c = Connection::open(&settings(&[srv.port], TlsMode::Implicit), None).unwrap();
+        assert!(c.tls_info().is_some());
+        c.quit();
+        assert!(!has(&srv.log(), "UNEXPECTED"));
+
+        // Web PKI roots do not know the test CA: Tls error, and nothing sent.
+        let srv = std::thread::spawn(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            (
+                port,
+                std::thread::spawn(move || {
+                    let (tcp, _) = l.accept().unwrap();
+                    let _ = Stream::Plain(tcp).accept_tls(server_tls());
+                }),
+            )
+        })
+        .join()
+        .unwrap();
+        let mut s = settings(&[srv.0], TlsMode::Implicit);
+        s.tls_config = crate::tls::client_config(true, None, None).unwrap();
+        let e = Connection::open(&s, None).err().unwrap();
+        assert_eq!((e.stage, e.permanent), (Stage::Tls, false), "{e}");
+        srv.1.join().unwrap();
+    }
+
+    #[test]
+    fn ehlo_keywords() {
+        let cases: Vec<(&str, Extensions)> = vec![
+            ("250-mx\n250-PIPELINING\n250-SIZE 35882577\n250-8BITMIME\n250-STARTTLS\n250-AUTH LOGIN PLAIN XOAUTH2\n250 SMTPUTF8",
+                Extensions { starttls: true, auth: vec!["LOGIN".into(), "PLAIN".into(), "XOAUTH2".into()], size: Some(35_882_577), pipelining: true, eight_bit_mime: true, smtputf8: true }),
+            ("250-mx\n250-auth=login plain\n250-AUTH PLAIN\n250 size",
+                Extensions { auth: vec!["LOGIN".into(), "PLAIN".into()], size: Some(0), ..Extensions::default() }),
+            ("250-mx greets you\n250-SIZE abc\n250 X-UNKNOWN 1", Extensions { size: Some(0), ..Extensions::default() }),
+            ("250 PIPELINING", Extensions::default()),
+        ];
+        for (text, want) in cases {
+            let lines: Vec<String> = text.lines().map(|l| l[4..].to_string()).collect();
+            assert_eq!(Extensions::parse(&lines), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn settings_debug_hides_the_password() {
+        let s = with_auth(settings(&[25], TlsMode::None));
+        let d = format!("{s:?}");
+        assert!(!d.contains("sekret") && d.contains("********"), "{d}");
+    }
+}

@@ -1,0 +1,2292 @@
+//! Reads picorelay.ini into a validated `Config`, collecting every problem as one line `FILE: [section] key: reason`.
+//!
+//! The file is split into lines by hand rather than with rust-ini: rust-ini has no line numbers,
+//! merges duplicate sections silently, joins the next line onto a value that ends in `\`
+//! (a password like `secret\` would swallow the following key) and treats `'` as a quote.
+//! The grammar we accept is small and documented in interface.md:
+//! `[section]` headers, `key = value` lines, whole-line `;`/`#` comments, inline comments after
+//! whitespace + `;`, and values in double quotes kept verbatim.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every section with its keys and their defaults (interface.md), in one place.
+/// An empty value (`key =`) means the default, except for the keys in `EMPTY_IS_NONE`.
+/// `users` and `aliases` have free-form keys.
+const SCHEMA: &[(&str, &[(&str, &str)])] = &[
+    (
+        "server",
+        &[
+            ("listen", "127.0.0.1:25, [::1]:25"),
+            ("listen_tls", ""),
+            ("hostname", ""), // the system's host name
+            ("workers", "16"),
+            ("max_connections_per_ip", "8"),
+            ("max_message_size", "10M"),
+            ("max_recipients", "100"),
+            ("command_timeout", "5m"),
+            ("data_timeout", "10m"),
+            ("tls_cert", ""),
+            ("tls_key", ""),
+            ("require_tls", "no"),
+            ("relay_networks", "127.0.0.0/8, ::1/128"),
+            ("local_domains", ""), // hostname and localhost
+            ("auth", "optional"),
+            ("user", ""),
+            ("pid_file", ""),
+        ],
+    ),
+    ("users", &[]),
+    (
+        "smarthost",
+        &[
+            ("host", ""),
+            ("port", "587"),
+            ("tls", "starttls"),
+            ("tls_verify", "yes"),
+            ("ca_file", ""),
+            ("tls_fingerprint", ""),
+            ("username", ""),
+            ("password", ""),
+            ("password_file", ""),
+            ("helo", ""), // server.hostname
+        ],
+    ),
+    (
+        "queue",
+        &[
+            ("dir", "/var/spool/picorelay"),
+            ("retry_min", "1m"),
+            ("retry_max", "1h"),
+            ("lifetime", "5d"),
+            ("max_size", "100M"),
+            ("bounce_to", "sender"),
+        ],
+    ),
+    ("aliases", &[]),
+    ("rewrite", &[("sender", ""), ("from", "")]),
+    ("log", &[("level", "info"), ("file", "")]),
+];
+
+/// Keys where an explicitly empty value means "none" rather than the default:
+/// `listen =` runs without plain listeners (sendmail submission only),
+/// `relay_networks =` makes every client authenticate before relaying.
+const EMPTY_IS_NONE: &[(&str, &str)] = &[("server", "listen"), ("server", "relay_networks")];
+
+/// Sections whose keys are chosen by the user.
+const FREE_FORM: &[&str] = &["users", "aliases"];
+
+/// Upper bound for every duration, so that adding one to a unix time can never overflow.
+const MAX_DURATION_SECS: u64 = 3650 * 86400;
+
+/// How a client may or must authenticate (RFC 4954).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// AUTH is not offered.
+    Off,
+    /// AUTH is offered; relay_networks clients may relay without it.
+    #[default]
+    Optional,
+    /// Every client outside the local clients must authenticate before MAIL.
+    Required,
+}
+
+/// How the smarthost connection is secured: `starttls` | `tls` | `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// STARTTLS is required, never downgraded (RFC 3207).
+    #[default]
+    StartTls,
+    /// TLS from the first byte (RFC 8314), usually port 465.
+    Implicit,
+    /// Plain text.
+    None,
+}
+
+/// Where bounces go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BounceTo {
+    /// To the envelope sender of the failed message.
+    #[default]
+    Sender,
+    /// Always to this address.
+    Address(String),
+    /// Nowhere: the failure is only logged.
+    None,
+}
+
+/// An IPv4 or IPv6 network. Host bits set in `addr` are allowed and ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address as written.
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// contains tells whether `ip` is in this network; an IPv4-mapped IPv6 address
+    /// (::ffff:a.b.c.d, as a dual-stack socket reports v4 peers) matches IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => match (v6.to_ipv4_mapped(), self.addr) {
+                (Some(v4), IpAddr::V4(_)) => IpAddr::V4(v4),
+                _ => ip,
+            },
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix.min(32)))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix.min(128)))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One smarthost entry; `port` is the entry's own port or else `[smarthost] port`.
+/// An IPv6 literal is stored without brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP address literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[server]`: listeners, limits and who may relay.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Plain SMTP listeners (STARTTLS offered when tls_cert is set). May be empty.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Name in the banner, EHLO reply and Received; default: the system's host name.
+    pub hostname: String,
+    /// Sessions served at once.
+    pub workers: usize,
+    /// Sessions one non-local address may hold at once; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Message size limit in bytes, advertised with SIZE (RFC 1870).
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Wait for a command (RFC 5321 4.5.3.2).
+    pub command_timeout: Duration,
+    /// Wait for a chunk of DATA.
+    pub data_timeout: Duration,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// No MAIL before TLS (local clients excepted).
+    pub require_tls: bool,
+    /// Clients that may relay without AUTH.
+    pub relay_networks: Vec<Cidr>,
+    /// Lowercased domains `[aliases]` applies to; default: hostname and localhost.
+    pub local_domains: Vec<String>,
+    /// AUTH policy.
+    pub auth: AuthMode,
+    /// User to drop to after binding when started as root.
+    pub user: Option<String>,
+    /// Where to write the pid.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `[smarthost]`: where and how every message is forwarded.
+#[derive(Clone)]
+pub struct Smarthost {
+    /// Tried in order; empty = hold mode (every message stays queued).
+    pub hosts: Vec<HostPort>,
+    /// Default port for entries without one.
+    pub port: u16,
+    /// Connection security.
+    pub tls: TlsMode,
+    /// Verify the certificate and name.
+    pub tls_verify: bool,
+    /// PEM CA bundle instead of the built-in web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the smarthost's leaf certificate, pinned instead of CA checks.
+    pub tls_fingerprint: Option<[u8; 32]>,
+    /// AUTH user name.
+    pub username: Option<String>,
+    /// AUTH password (from `password` or the first line of `password_file`); never printed.
+    pub password: Option<String>,
+    /// Name sent in EHLO; default: server.hostname.
+    pub helo: String,
+}
+
+impl fmt::Debug for Smarthost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smarthost")
+            .field("hosts", &self.hosts)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("tls_verify", &self.tls_verify)
+            .field("ca_file", &self.ca_file)
+            .field("tls_fingerprint", &self.tls_fingerprint.map(|f| hex(&f)))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("helo", &self.helo)
+            .finish()
+    }
+}
+
+/// `[queue]`: the spool and the retry schedule.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// Spool folder.
+    pub dir: PathBuf,
+    /// First retry delay, doubling up to retry_max.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Age after which a message bounces.
+    pub lifetime: Duration,
+    /// Spool cap in bytes: past it new mail gets 452 4.3.1.
+    pub max_size: u64,
+    /// Where bounces go.
+    pub bounce_to: BounceTo,
+}
+
+/// `[rewrite]`: what forwarded messages carry.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// Envelope sender of every forwarded message, when set.
+    pub sender: Option<String>,
+    /// From: header of every forwarded message (`addr` or `Name <addr>`), when set.
+    pub from: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Most verbose level written.
+    pub level: log::LevelFilter,
+    /// Log file; None = stderr.
+    pub file: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[server]`.
+    pub server: Server,
+    /// `[users]`: user name -> crypt(3) SHA hash.
+    pub users: BTreeMap<String, String>,
+    /// `[smarthost]`.
+    pub smarthost: Smarthost,
+    /// `[queue]`.
+    pub queue: Queue,
+    /// `[aliases]`: lowercased local name or "*" -> address.
+    pub aliases: BTreeMap<String, String>,
+    /// `[rewrite]`.
+    pub rewrite: Rewrite,
+    /// `[log]`.
+    pub log: Log,
+    /// Legal but doubtful settings, formatted like errors (`FILE: [section] key: reason`), for the log and `check`.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The hashes are not printed: they can be attacked offline.
+        let users: BTreeMap<&str, &str> = self
+            .users
+            .keys()
+            .map(|u| (u.as_str(), "********"))
+            .collect();
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("server", &self.server)
+            .field("users", &users)
+            .field("smarthost", &self.smarthost)
+            .field("queue", &self.queue)
+            .field("aliases", &self.aliases)
+            .field("rewrite", &self.rewrite)
+            .field("log", &self.log)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+/// All problems found, one line each, already formatted `FILE: [section] key: reason`.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// load reads and validates the file. Relative paths inside the file (queue.dir, tls_cert, ...)
+    /// are taken relative to the current directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) => Err(ConfigErrors(vec![format!(
+                "{}: cannot read the config file: {}",
+                path.display(),
+                io_reason(&e)
+            )])),
+        }
+    }
+
+    /// parse validates `text` as if read from `path`. It touches the system only for the
+    /// default host name and to read `password_file`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let mut errors = Vec::new();
+        let raw = scan(&file, text, &mut errors);
+        let mut l = Loader {
+            file,
+            raw,
+            errors,
+            warnings: Vec::new(),
+        };
+        let config = build(&mut l, path);
+        if l.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(l.errors))
+        }
+    }
+
+    /// check_resources does the checks of `picorelay check` beyond syntax: tls_cert, tls_key
+    /// and ca_file readable (parsing the PEM is the TLS module's job), queue.dir usable (it exists
+    /// and is writable, or can be created). Returns problems, formatted like parse errors;
+    /// notes that are not problems (hold mode) come from `notes`.
+    pub fn check_resources(&self) -> Vec<String> {
+        let file = self.path.display().to_string();
+        let mut out = Vec::new();
+        let readable = [
+            ("server", "tls_cert", &self.server.tls_cert),
+            ("server", "tls_key", &self.server.tls_key),
+            ("smarthost", "ca_file", &self.smarthost.ca_file),
+        ];
+        for (sec, key, path) in readable {
+            let Some(path) = path else { continue };
+            match std::fs::File::open(path) {
+                Ok(f) => {
+                    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                        out.push(format!(
+                            "{file}: [{sec}] {key}: {}: is a folder, not a file",
+                            path.display()
+                        ));
+                    }
+                }
+                Err(e) => out.push(format!(
+                    "{file}: [{sec}] {key}: {}: cannot read: {}",
+                    path.display(),
+                    io_reason(&e)
+                )),
+            }
+        }
+        if let Err(reason) = spool_usable(&self.queue.dir) {
+            out.push(format!(
+                "{file}: [queue] dir: {}: {reason}",
+                self.queue.dir.display()
+            ));
+        }
+        out
+    }
+
+    /// notes are the lines `picorelay check` prints without failing: the warnings found while
+    /// parsing, and hold mode.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = self.warnings.clone();
+        if self.smarthost.hosts.is_empty() {
+            out.push(format!(
+                "{}: [smarthost] host: not set: hold mode, every message stays in the queue",
+                self.path.display()
+            ));
+        }
+        out
+    }
+
+    /// summary is the effective configuration as log lines for start-up, without secrets.
+    pub fn summary(&self) -> Vec<String> {
+        let s = &self.server;
+        let h = &self.smarthost;
+        let q = &self.queue;
+        let join = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = vec![
+            format!("config {}", self.path.display()),
+            format!("hostname {}", s.hostname),
+        ];
+        out.push(if s.listen.is_empty() {
+            "listen: none (sendmail submission only)".to_string()
+        } else if s.tls_cert.is_some() {
+            format!("listen {} (STARTTLS offered)", join(&s.listen))
+        } else {
+            format!("listen {} (no STARTTLS: tls_cert not set)", join(&s.listen))
+        });
+        if !s.listen_tls.is_empty() {
+            out.push(format!("listen_tls {}", join(&s.listen_tls)));
+        }
+        if h.hosts.is_empty() {
+            out.push("smarthost: none, hold mode: every message stays in the queue".to_string());
+        } else {
+            let hosts = h
+                .hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let tls = match h.tls {
+                TlsMode::StartTls => "starttls",
+                TlsMode::Implicit => "tls",
+                TlsMode::None => "no tls",
+            };
+            let verify = if h.tls == TlsMode::None {
+                String::new()
+            } else if h.tls_fingerprint.is_some() {
+                ", certificate pinned by sha256".to_string()
+            } else if !h.tls_verify {
+                ", certificate NOT verified".to_string()
+            } else if let Some(ca) = &h.ca_file {
+                format!(", certificate verified against {}", ca.display())
+            } else {
+                ", certificate verified against the web PKI roots".to_string()
+            };
+            let auth = match &h.username {
+                Some(u) => format!(", auth as {u}"),
+                None => ", no auth".to_string(),
+            };
+            out.push(format!(
+                "smarthost {hosts} ({tls}{verify}{auth}), helo {}",
+                h.helo
+            ));
+        }
+        out.push(format!(
+            "spool {} (max {}), retry {}..{}, lifetime {}, bounce_to {}",
+            q.dir.display(),
+            fmt_size(q.max_size),
+            fmt_duration(q.retry_min),
+            fmt_duration(q.retry_max),
+            fmt_duration(q.lifetime),
+            match &q.bounce_to {
+                BounceTo::Sender => "sender",
+                BounceTo::Address(a) => a.as_str(),
+                BounceTo::None => "none",
+            }
+        ));
+        out.push(format!(
+            "limits: workers {}, connections per ip {}, message size {}, recipients {}, command_timeout {}, data_timeout {}",
+            s.workers,
+            if s.max_connections_per_ip == 0 { "unlimited".to_string() } else { s.max_connections_per_ip.to_string() },
+            fmt_size(s.max_message_size),
+            s.max_recipients,
+            fmt_duration(s.command_timeout),
+            fmt_duration(s.data_timeout)
+        ));
+        let nets = s
+            .relay_networks
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(format!(
+            "relay_networks {}; auth {} ({} users); require_tls {}",
+            if nets.is_empty() { "none" } else { &nets },
+            match s.auth {
+                AuthMode::Off => "off",
+                AuthMode::Optional => "optional",
+                AuthMode::Required => "required",
+            },
+            self.users.len(),
+            if s.require_tls { "yes" } else { "no" }
+        ));
+        out.push(format!(
+            "local_domains {}; {} aliases",
+            s.local_domains.join(", "),
+            self.aliases.len()
+        ));
+        if let Some(sender) = &self.rewrite.sender {
+            out.push(format!("rewrite sender {sender}"));
+        }
+        if let Some(from) = &self.rewrite.from {
+            out.push(format!("rewrite from {from}"));
+        }
+        out.push(format!(
+            "log level {} to {}",
+            self.log.level.as_str().to_ascii_lowercase(),
+            self.log
+                .file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "stderr".to_string())
+        ));
+        out
+    }
+}
+
+/// parse_duration reads "90", "90s", "5m", "5h", "5d" (suffix case-insensitive).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "\"{s}\" is not a duration (seconds, or a number with s, m, h or d: 90s, 5m, 1h, 5d)"
+        )
+    };
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 's'),
+    };
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return Err(bad()),
+    };
+    let n = digits_u64(digits).ok_or_else(bad)?;
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= MAX_DURATION_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("\"{s}\" is too long (at most 3650d)")),
+    }
+}
+
+/// parse_size reads "100", "10K", "10M", "1G" (powers of 1024, suffix case-insensitive).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad =
+        || format!("\"{s}\" is not a size (bytes, or a number with K, M or G: 512K, 10M, 1G)");
+    let t = s.trim();
+    let (digits, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n = digits_u64(digits).ok_or_else(bad)?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("\"{s}\" is too large"))
+}
+
+/// parse_bool reads yes/no, true/false, on/off, 1/0 (case-insensitive).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!(
+            "\"{s}\" is not a boolean (yes/no, true/false, on/off, 1/0)"
+        )),
+    }
+}
+
+/// parse_socket_addr reads a numeric listening address: "127.0.0.1:25", "[::1]:25", "0.0.0.0:465".
+/// Port 0 (any free port) is allowed: the tests listen on ephemeral ports.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("\"{s}\" is not an IP address with a port (127.0.0.1:25, [::1]:25, 0.0.0.0:465)")
+    })
+}
+
+/// parse_cidr reads "10.0.0.0/8", "fd00::/8" or a bare address (/32 or /128). Host bits may be set.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let bad = || format!("\"{s}\" is not a network (192.168.1.0/24, fd00::/8, or one address)");
+    let t = s.trim();
+    let (addr, prefix) = match t.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (t, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => match digits_u64(p) {
+            Some(n) if n <= u64::from(max) => n as u8,
+            Some(_) => return Err(format!("\"{s}\": prefix length above {max}")),
+            None => return Err(bad()),
+        },
+    };
+    Ok(Cidr { addr, prefix })
+}
+
+/// system_hostname is the kernel's host name (from /proc, else /etc/hostname), or "localhost".
+pub fn system_hostname() -> String {
+    for p in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let name = s.trim();
+            if valid_hostname(name) {
+                return name.to_string();
+            }
+        }
+    }
+    "localhost".to_string()
+}
+
+/// One `key = value` line as read.
+struct Line {
+    key: String,
+    value: String,
+}
+
+/// scan splits the text into sections of key/value lines, reporting syntax errors, unknown and
+/// duplicate sections and keys. Keys of skipped (unknown or repeated) sections are dropped
+/// so that one mistake gives one error.
+fn scan(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static str, Vec<Line>> {
+    enum Cur {
+        Outside,
+        In(&'static str),
+        Skip,
+    }
+    let mut out: BTreeMap<&'static str, Vec<Line>> = BTreeMap::new();
+    let mut key_lines: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut cur = Cur::Outside;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (i, line) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let t = line.trim();
+        if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix('[') {
+            cur = Cur::Skip;
+            let Some(end) = rest.find(']') else {
+                errors.push(format!(
+                    "{file}: line {n}: \"{t}\": a section header ends with ]"
+                ));
+                continue;
+            };
+            let name = rest[..end].trim().to_ascii_lowercase();
+            let after = rest[end + 1..].trim();
+            if !(after.is_empty() || after.starts_with(';') || after.starts_with('#')) {
+                errors.push(format!(
+                    "{file}: line {n}: text after [{name}] (only a ; comment may follow)"
+                ));
+            }
+            match SCHEMA.iter().find(|(s, _)| *s == name) {
+                None => {
+                    let known: Vec<String> = SCHEMA.iter().map(|(s, _)| format!("[{s}]")).collect();
+                    errors.push(format!(
+                        "{file}: [{name}]: unknown section (line {n}); sections are {}",
+                        known.join(" ")
+                    ));
+                }
+                Some((sec, _)) => {
+                    if let Some(first) = seen.get(sec) {
+                        errors.push(format!(
+                            "{file}: [{sec}]: duplicate section (lines {first} and {n}); merge them into one"
+                        ));
+                    } else {
+                        seen.insert(sec, n);
+                        out.entry(sec).or_default();
+                        cur = Cur::In(sec);
+                    }
+                }
+            }
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            errors.push(format!(
+                "{file}: line {n}: \"{t}\" is neither key = value nor [section]"
+            ));
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            errors.push(format!("{file}: line {n}: a key is missing before ="));
+            continue;
+        }
+        let sec = match cur {
+            Cur::Outside => {
+                errors.push(format!(
+                    "{file}: line {n}: {key}: key before any [section]; put it under its section"
+                ));
+                continue;
+            }
+            Cur::Skip => continue,
+            Cur::In(sec) => sec,
+        };
+        // User names are case-sensitive (AUTH compares them exactly); everything else is not.
+        let key = if sec == "users" {
+            key.to_string()
+        } else {
+            key.to_ascii_lowercase()
+        };
+        if !FREE_FORM.contains(&sec) {
+            let keys = schema_keys(sec);
+            if !keys.iter().any(|(k, _)| *k == key) {
+                let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+                errors.push(format!(
+                    "{file}: [{sec}] {key}: unknown key; keys are {}",
+                    names.join(", ")
+                ));
+                continue;
+            }
+        }
+        let value = match unquote(value) {
+            Ok(v) => v,
+            Err(reason) => {
+                errors.push(format!("{file}: [{sec}] {key}: {reason} (line {n})"));
+                continue;
+            }
+        };
+        if let Some(first) = key_lines.get(&(sec, key.clone())) {
+            errors.push(format!(
+                "{file}: [{sec}] {key}: duplicate key (lines {first} and {n}); keep one"
+            ));
+            continue;
+        }
+        key_lines.insert((sec, key.clone()), n);
+        out.entry(sec).or_default().push(Line { key, value });
+    }
+    out
+}
+
+/// unquote turns the text after `=` into the value: a double-quoted value is taken verbatim
+/// (with ; # and spaces); otherwise an inline comment (whitespace then ;) is cut and the rest trimmed.
+/// Backslashes are never special.
+fn unquote(v: &str) -> Result<String, String> {
+    let t = v.trim_start();
+    if let Some(q) = t.strip_prefix('"') {
+        let Some(end) = q.find('"') else {
+            return Err("the quote is not closed on the same line".to_string());
+        };
+        let after = q[end + 1..].trim();
+        if !(after.is_empty() || after.starts_with(';')) {
+            return Err("text after the closing quote (only a ; comment may follow)".to_string());
+        }
+        return Ok(q[..end].to_string());
+    }
+    let mut prev = '=';
+    let mut end = v.len();
+    for (i, c) in v.char_indices() {
+        if c == ';' && (prev == ' ' || prev == '\t') {
+            end = i;
+            break;
+        }
+        prev = c;
+    }
+    Ok(v[..end].trim().to_string())
+}
+
+fn schema_keys(sec: &str) -> &'static [(&'static str, &'static str)] {
+    SCHEMA
+        .iter()
+        .find(|(s, _)| *s == sec)
+        .map(|(_, k)| *k)
+        .unwrap_or(&[])
+}
+
+/// Loader turns raw values into typed ones, collecting errors and warnings.
+struct Loader {
+    file: String,
+    raw: BTreeMap<&'static str, Vec<Line>>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Loader {
+    /// The value as written, None when absent.
+    fn written(&self, sec: &str, key: &str) -> Option<&str> {
+        self.raw
+            .get(sec)?
+            .iter()
+            .find(|l| l.key == key)
+            .map(|l| l.value.as_str())
+    }
+
+    /// The value to parse: as written, or the default when absent or empty.
+    fn text(&self, sec: &str, key: &str) -> String {
+        match self.written(sec, key) {
+            Some(v) if !v.is_empty() || EMPTY_IS_NONE.contains(&(sec, key)) => v.to_string(),
+            _ => default_of(sec, key).to_string(),
+        }
+    }
+
+    fn err(&mut self, sec: &str, key: &str, reason: impl fmt::Display) {
+        self.errors
+            .push(format!("{}: [{sec}] {key}: {reason}", self.file));
+    }
+
+    fn warn(&mut self, sec: &str, key: &str, reason: impl fmt::Display) {
+        self.warnings
+            .push(format!("{}: [{sec}] {key}: {reason}", self.file));
+    }
+
+    /// val parses one key; on error it records it and returns the default's value,
+    /// so validation goes on and every problem is reported.
+    fn val<T: Default>(
+        &mut self,
+        sec: &str,
+        key: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
+        match f(&self.text(sec, key)) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.err(sec, key, reason);
+                f(default_of(sec, key)).unwrap_or_default()
+            }
+        }
+    }
+}
+
+fn default_of(sec: &str, key: &str) -> &'static str {
+    schema_keys(sec)
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, d)| *d)
+        .unwrap_or("")
+}
+
+/// build validates every key and the rules between keys.
+fn build(l: &mut Loader, path: &Path) -> Config {
+    let sv = "server";
+    let listen = l.val(sv, "listen", |s| list(s, parse_socket_addr));
+    let listen_tls = l.val(sv, "listen_tls", |s| list(s, parse_socket_addr));
+    let hostname = l.val(sv, "hostname", |s| {
+        if s.is_empty() {
+            Ok(system_hostname())
+        } else {
+            parse_hostname(s)
+        }
+    });
+    let workers = l.val(sv, "workers", |s| number(s, 1, 1024)) as usize;
+    let max_connections_per_ip =
+        l.val(sv, "max_connections_per_ip", |s| number(s, 0, 100_000)) as usize;
+    // RFC 5321 4.5.3.1.7: a server must accept messages of at least 64K octets.
+    let max_message_size = l.val(sv, "max_message_size", |s| {
+        size_at_least(s, 64 << 10, "RFC 5321 4.5.3.1.7")
+    });
+    // RFC 5321 4.5.3.1.8 asks for at least 100 recipients; fewer is allowed for small appliances.
+    let max_recipients = l.val(sv, "max_recipients", |s| number(s, 1, 100_000)) as usize;
+    let command_timeout = l.val(sv, "command_timeout", duration_positive);
+    let data_timeout = l.val(sv, "data_timeout", duration_positive);
+    let tls_cert = l.val(sv, "tls_cert", opt_path);
+    let tls_key = l.val(sv, "tls_key", opt_path);
+    let require_tls = l.val(sv, "require_tls", parse_bool);
+    let relay_networks = l.val(sv, "relay_networks", |s| list(s, parse_cidr));
+    let local_domains = l.val(sv, "local_domains", |s| {
+        if s.is_empty() {
+            let mut d = vec![hostname.to_ascii_lowercase()];
+            if d[0] != "localhost" {
+                d.push("localhost".to_string());
+            }
+            Ok(d)
+        } else {
+            list(s, |d| parse_hostname(d).map(|d| d.to_ascii_lowercase()))
+        }
+    });
+    let auth = l.val(sv, "auth", |s| match s.to_ascii_lowercase().as_str() {
+        "off" => Ok(AuthMode::Off),
+        "optional" => Ok(AuthMode::Optional),
+        "required" => Ok(AuthMode::Required),
+        _ => Err(format!("\"{s}\" is not one of off, optional, required")),
+    });
+    let user = l.val(sv, "user", |s| opt_word(s, "a user name"));
+    let pid_file = l.val(sv, "pid_file", opt_path);
+
+    match (&tls_cert, &tls_key) {
+        (Some(_), None) => l.err(
+            sv,
+            "tls_key",
+            "missing: tls_cert is set (set both or neither)",
+        ),
+        (None, Some(_)) => l.err(
+            sv,
+            "tls_cert",
+            "missing: tls_key is set (set both or neither)",
+        ),
+        _ => {}
+    }
+    if tls_cert.is_none() && tls_key.is_none() {
+        if !listen_tls.is_empty() {
+            l.err(sv, "listen_tls", "needs tls_cert and tls_key");
+        }
+        if require_tls {
+            l.err(
+                sv,
+                "require_tls",
+                "yes needs tls_cert and tls_key (for STARTTLS)",
+            );
+        }
+    }
+
+    let mut users = BTreeMap::new();
+    for line in l.raw.get("users").map(|v| v.as_slice()).unwrap_or(&[]) {
+        if let Err(reason) = word(&line.key, "a user name") {
+            l.errors
+                .push(format!("{}: [users] {}: {reason}", l.file, line.key));
+        } else if let Err(reason) = crypt_hash(&line.value) {
+            l.errors
+                .push(format!("{}: [users] {}: {reason}", l.file, line.key));
+        }
+        users.insert(line.key.clone(), line.value.clone());
+    }
+    match auth {
+        AuthMode::Required if users.is_empty() => {
+            l.err(sv, "auth", "required needs at least one user in [users]")
+        }
+        AuthMode::Off if !users.is_empty() => {
+            l.warn(sv, "auth", "off: the users in [users] cannot log in")
+        }
+        AuthMode::Optional | AuthMode::Required if !users.is_empty() && tls_cert.is_none() => l
+            .warn(
+                sv,
+                "auth",
+                "without tls_cert, AUTH is accepted only from local clients (127.0.0.1, ::1)",
+            ),
+        _ => {}
+    }
+
+    let sh = "smarthost";
+    let port = l.val(sh, "port", |s| number(s, 1, 65535)) as u16;
+    let hosts = l.val(sh, "host", |s| list(s, |h| host_port(h, port)));
+    let tls = l.val(sh, "tls", |s| match s.to_ascii_lowercase().as_str() {
+        "starttls" => Ok(TlsMode::StartTls),
+        "tls" => Ok(TlsMode::Implicit),
+        "none" => Ok(TlsMode::None),
+        _ => Err(format!("\"{s}\" is not one of starttls, tls, none")),
+    });
+    let tls_verify = l.val(sh, "tls_verify", parse_bool);
+    let ca_file = l.val(sh, "ca_file", opt_path);
+    let tls_fingerprint = l.val(sh, "tls_fingerprint", fingerprint);
+    let username = l.val(sh, "username", |s| {
+        Ok((!s.is_empty()).then(|| s.to_string()))
+    });
+    let password_value = l.val(sh, "password", |s| {
+        Ok((!s.is_empty()).then(|| s.to_string()))
+    });
+    let password_file = l.val(sh, "password_file", opt_path);
+    let helo = l.val(sh, "helo", |s| {
+        if s.is_empty() {
+            Ok(hostname.clone())
+        } else {
+            parse_hostname(s)
+        }
+    });
+    let password = match (password_value, &password_file) {
+        (Some(_), Some(_)) => {
+            l.err(
+                sh,
+                "password_file",
+                "set together with password (use one of them)",
+            );
+            None
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => match read_first_line(file) {
+            Ok(p) => Some(p),
+            Err(reason) => {
+                l.err(sh, "password_file", format!("{}: {reason}", file.display()));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let password_given =
+        l.written(sh, "password").is_some_and(|v| !v.is_empty()) || password_file.is_some();
+    if username.is_some() && !password_given {
+        l.err(
+            sh,
+            "password",
+            "missing: username is set (set password or password_file)",
+        );
+    }
+    if username.is_none() && password_given {
+        l.err(sh, "username", "missing: a password is set");
+    }
+    if tls == TlsMode::None {
+        if username.is_some() {
+            l.warn(
+                sh,
+                "tls",
+                "none: the password is sent to the smarthost unencrypted",
+            );
+        }
+        if tls_fingerprint.is_some() || ca_file.is_some() {
+            l.warn(sh, "tls", "none: ca_file and tls_fingerprint are ignored");
+        }
+    } else if !tls_verify && tls_fingerprint.is_none() {
+        l.warn(
+            sh,
+            "tls_verify",
+            "no: any certificate is accepted (consider tls_fingerprint)",
+        );
+    }
+
+    let qu = "queue";
+    let dir = l.val(qu, "dir", |s| Ok(PathBuf::from(s)));
+    let retry_min = l.val(qu, "retry_min", duration_positive);
+    let retry_max = l.val(qu, "retry_max", duration_positive);
+    let lifetime = l.val(qu, "lifetime", duration_positive);
+    let max_size = l.val(qu, "max_size", |s| {
+        size_at_least(s, 1 << 20, "room for one message")
+    });
+    let bounce_to = l.val(qu, "bounce_to", |s| match s.to_ascii_lowercase().as_str() {
+        "sender" => Ok(BounceTo::Sender),
+        "none" => Ok(BounceTo::None),
+        _ => address(s).map(BounceTo::Address).map_err(|_| {
+            format!("\"{s}\" is not sender, none or an address like admin@example.com")
+        }),
+    });
+    if retry_min > retry_max {
+        l.err(
+            qu,
+            "retry_min",
+            format!(
+                "{} is longer than retry_max ({})",
+                fmt_duration(retry_min),
+                fmt_duration(retry_max)
+            ),
+        );
+    }
+
+    let mut aliases = BTreeMap::new();
+    for line in l.raw.get("aliases").map(|v| v.as_slice()).unwrap_or(&[]) {
+        let reason = if line.key.contains('@') {
+            Some("an alias is a local name without @ (or * for any other)".to_string())
+        } else {
+            word(&line.key, "a local name")
+                .and_then(|_| address(&line.value))
+                .err()
+        };
+        if let Some(reason) = reason {
+            l.errors
+                .push(format!("{}: [aliases] {}: {reason}", l.file, line.key));
+        }
+        aliases.insert(line.key.clone(), line.value.clone());
+    }
+
+    let sender = l.val("rewrite", "sender", |s| opt(s, address));
+    let from = l.val("rewrite", "from", |s| opt(s, from_header));
+
+    let level = l.val("log", "level", |s| {
+        let level = match s.to_ascii_lowercase().as_str() {
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => {
+                return Err(format!(
+                    "\"{s}\" is not one of error, warn, info, debug, trace"
+                ))
+            }
+        };
+        Ok(Some(level))
+    });
+    let log_file = l.val("log", "file", opt_path);
+
+    Config {
+        path: path.to_path_buf(),
+        server: Server {
+            listen,
+            listen_tls,
+            hostname,
+            workers,
+            max_connections_per_ip,
+            max_message_size,
+            max_recipients,
+            command_timeout,
+            data_timeout,
+            tls_cert,
+            tls_key,
+            require_tls,
+            relay_networks,
+            local_domains,
+            auth,
+            user,
+            pid_file,
+        },
+        users,
+        smarthost: Smarthost {
+            hosts,
+            port,
+            tls,
+            tls_verify,
+            ca_file,
+            tls_fingerprint,
+            username,
+            password,
+            helo,
+        },
+        queue: Queue {
+            dir,
+            retry_min,
+            retry_max,
+            lifetime,
+            max_size,
+            bounce_to,
+        },
+        aliases,
+        rewrite: Rewrite { sender, from },
+        log: Log {
+            level: level.unwrap_or(log::LevelFilter::Info),
+            file: log_file,
+        },
+        warnings: std::mem::take(&mut l.warnings),
+    }
+}
+
+/// Plain decimal digits only: no sign, no spaces, no underscores.
+fn digits_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn number(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    match digits_u64(s) {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(n) => Err(format!("{n} is out of range ({min}..{max})")),
+        None => Err(format!("\"{s}\" is not a number ({min}..{max})")),
+    }
+}
+
+fn size_at_least(s: &str, min: u64, why: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < min {
+        return Err(format!(
+            "{s} is too small (at least {}, {why})",
+            fmt_size(min)
+        ));
+    }
+    Ok(n)
+}
+
+fn duration_positive(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s} is too short (at least 1s)"));
+    }
+    Ok(d)
+}
+
+/// list splits on commas, trims items and ignores empty ones.
+fn list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(f)
+        .collect()
+}
+
+fn opt<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        f(s).map(Some)
+    }
+}
+
+fn opt_path(s: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+fn word(s: &str, what: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("\"{s}\" is not {what} (no spaces)"));
+    }
+    Ok(s.to_string())
+}
+
+fn opt_word(s: &str, what: &str) -> Result<Option<String>, String> {
+    opt(s, |s| word(s, what))
+}
+
+fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn parse_hostname(s: &str) -> Result<String, String> {
+    if valid_hostname(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "\"{s}\" is not a host name (letters, digits, - and . like mail.example.com)"
+        ))
+    }
+}
+
+/// host_port reads one smarthost entry: `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 literal.
+fn host_port(s: &str, default_port: u16) -> Result<HostPort, String> {
+    let bad = || {
+        format!("\"{s}\" is not a host (host, host:port, [IPv6]:port; several separated by commas)")
+    };
+    let port_of = |p: &str| match digits_u64(p) {
+        Some(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(format!("\"{s}\": the port is not a number (1..65535)")),
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        let port = match after {
+            "" => default_port,
+            _ => port_of(after.strip_prefix(':').ok_or_else(bad)?)?,
+        };
+        return Ok(HostPort {
+            host: ip.to_string(),
+            port,
+        });
+    }
+    if s.matches(':').count() >= 2 {
+        let ip: Ipv6Addr = s.parse().map_err(|_| bad())?;
+        return Ok(HostPort {
+            host: ip.to_string(),
+            port: default_port,
+        });
+    }
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, port_of(p)?),
+        None => (s, default_port),
+    };
+    if !valid_hostname(host) {
+        return Err(bad());
+    }
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// address checks a plain `local@domain` (no display name, no angle brackets).
+fn address(s: &str) -> Result<String, String> {
+    let ok = match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "<>,".contains(c))
+                && (valid_hostname(domain) || (domain.starts_with('[') && domain.ends_with(']')))
+        }
+        None => false,
+    };
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "\"{s}\" is not an address (like admin@example.com)"
+        ))
+    }
+}
+
+/// from_header checks `addr` or `Name <addr>` for the From: rewrite.
+fn from_header(s: &str) -> Result<String, String> {
+    let inner = match s.rfind('<') {
+        Some(i) if s.ends_with('>') => &s[i + 1..s.len() - 1],
+        Some(_) => "",
+        None => s,
+    };
+    address(inner).map(|_| s.to_string()).map_err(|_| {
+        format!("\"{s}\" is not an address or Name <address> (like Backup NAS <nas@example.com>)")
+    })
+}
+
+/// crypt_hash checks the shape of a SHA-crypt hash: `$5$[rounds=N$]salt$hash` (43 characters)
+/// or `$6$...` (86 characters), as `openssl passwd -5|-6` prints them.
+fn crypt_hash(s: &str) -> Result<(), String> {
+    let bad = || {
+        "not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)"
+            .to_string()
+    };
+    let parts: Vec<&str> = s.split('$').collect();
+    let (id, salt, hash) = match parts.as_slice() {
+        ["", id, salt, hash] => (*id, *salt, *hash),
+        ["", id, rounds, salt, hash]
+            if rounds
+                .strip_prefix("rounds=")
+                .and_then(digits_u64)
+                .is_some() =>
+        {
+            (*id, *salt, *hash)
+        }
+        _ => return Err(bad()),
+    };
+    let len = match id {
+        "5" => 43,
+        "6" => 86,
+        _ => return Err(bad()),
+    };
+    let b64 = |t: &str| {
+        t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    };
+    if salt.is_empty() || hash.len() != len || !b64(hash) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// fingerprint reads `sha256:` followed by 64 hex digits, colons allowed between them.
+fn fingerprint(s: &str) -> Result<Option<[u8; 32]>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("\"{s}\" is not sha256: followed by 64 hex digits (colons allowed)");
+    let lower = s.to_ascii_lowercase();
+    let hexits: Vec<u8> = lower
+        .strip_prefix("sha256:")
+        .ok_or_else(bad)?
+        .bytes()
+        .filter(|b| *b != b':')
+        .collect();
+    if hexits.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hexits.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16).ok_or_else(bad)?;
+        let lo = (pair[1] as char).to_digit(16).ok_or_else(bad)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Ok(Some(out))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read_first_line(path: &Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err("the first line is empty (it holds the password)".to_string());
+    }
+    Ok(line.to_string())
+}
+
+/// spool_usable tells whether the spool folder exists and takes a file, or can be created.
+/// Writability is tested by writing, because permission bits do not tell what root or ACLs allow.
+fn spool_usable(dir: &Path) -> Result<(), String> {
+    let probe = |d: &Path| {
+        let p = d.join(format!(".picorelay-check-{}", std::process::id()));
+        let r = std::fs::File::create(&p);
+        let _ = std::fs::remove_file(&p);
+        r.map(|_| ()).map_err(|e| io_reason(&e))
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => probe(dir).map_err(|r| format!("not writable: {r}")),
+        Ok(_) => Err("exists but is not a folder".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => probe(parent).map_err(|r| {
+                    format!(
+                        "does not exist and cannot be created in {}: {r}",
+                        parent.display()
+                    )
+                }),
+                _ => Err(format!("does not exist, nor does {}", parent.display())),
+            }
+        }
+        Err(e) => Err(io_reason(&e)),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::InvalidData => "not UTF-8 text".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// fmt_size prints bytes with the largest exact K/M/G suffix.
+fn fmt_size(n: u64) -> String {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
+        if n != 0 && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// fmt_duration prints seconds with the largest exact d/h/m/s suffix.
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, len) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if s != 0 && s % len == 0 {
+            return format!("{}{unit}", s / len);
+        }
+    }
+    format!("{s}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const F: &str = "picorelay.ini";
+    const EXAMPLE: &str = include_str!("../etc/picorelay.ini");
+    const HASH6: &str =
+        "$6$examplesalt$yD33ldVxo/B9HaT4VRMBT5e6hN/0V2KTzXNm1j4rbjOH3FtYw3GGWMhcHBrFdV/xOBJ5avjjM3W2Wco3KsnWC0";
+    const HASH5: &str = "$5$examplesalt$SwnVoYYML2Gme78SRb4hMJop813pb0088AJiQntkue4";
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new(F), text)
+    }
+
+    fn good(text: &str) -> Config {
+        match parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("{text:?} should load, got:\n{e}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    /// A scratch file under the temp dir, unique per test and process.
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "picorelay-config-test-{}-{name}",
+            std::process::id()
+        ))
+    }
+
+    #[test]
+    fn bad_configs_give_exactly_one_line() {
+        let server_keys = "listen, listen_tls, hostname, workers, max_connections_per_ip, max_message_size, \
+            max_recipients, command_timeout, data_timeout, tls_cert, tls_key, require_tls, relay_networks, \
+            local_domains, auth, user, pid_file";
+        let unknown_key =
+            format!("picorelay.ini: [server] foo: unknown key; keys are {server_keys}");
+        let table: &[(&str, &str)] = &[
+            // [server] numbers
+            ("[server]\nworkers = abc", r#"picorelay.ini: [server] workers: "abc" is not a number (1..1024)"#),
+            ("[server]\nworkers = 0", "picorelay.ini: [server] workers: 0 is out of range (1..1024)"),
+            ("[server]\nworkers = 2000", "picorelay.ini: [server] workers: 2000 is out of range (1..1024)"),
+            ("[server]\nworkers = -1", r#"picorelay.ini: [server] workers: "-1" is not a number (1..1024)"#),
+            ("[server]\nworkers = 1 6", r#"picorelay.ini: [server] workers: "1 6" is not a number (1..1024)"#),
+            (
+                "[server]\nmax_connections_per_ip = x",
+                r#"picorelay.ini: [server] max_connections_per_ip: "x" is not a number (0..100000)"#,
+            ),
+            ("[server]\nmax_recipients = 0", "picorelay.ini: [server] max_recipients: 0 is out of range (1..100000)"),
+            // sizes
+            (
+                "[server]\nmax_message_size = 10X",
+                r#"picorelay.ini: [server] max_message_size: "10X" is not a size (bytes, or a number with K, M or G: 512K, 10M, 1G)"#,
+            ),
+            (
+                "[server]\nmax_message_size = M",
+                r#"picorelay.ini: [server] max_message_size: "M" is not a size (bytes, or a number with K, M or G: 512K, 10M, 1G)"#,
+            ),
+            (
+                "[server]\nmax_message_size = 1K",
+                "picorelay.ini: [server] max_message_size: 1K is too small (at least 64K, RFC 5321 4.5.3.1.7)",
+            ),
+            (
+                "[server]\nmax_message_size = 99999999999G",
+                r#"picorelay.ini: [server] max_message_size: "99999999999G" is too large"#,
+            ),
+            // durations
+            (
+                "[server]\ncommand_timeout = 5x",
+                r#"picorelay.ini: [server] command_timeout: "5x" is not a duration (seconds, or a number with s, m, h or d: 90s, 5m, 1h, 5d)"#,
+            ),
+            (
+                "[server]\ncommand_timeout = m",
+                r#"picorelay.ini: [server] command_timeout: "m" is not a duration (seconds, or a number with s, m, h or d: 90s, 5m, 1h, 5d)"#,
+            ),
+            ("[server]\ndata_timeout = 0", "picorelay.ini: [server] data_timeout: 0 is too short (at least 1s)"),
+            (
+                "[server]\ncommand_timeout = 99999d",
+                r#"picorelay.ini: [server] command_timeout: "99999d" is too long (at most 3650d)"#,
+            ),
+            // socket addresses
+            (
+                "[server]\nlisten = 1.2.3.4",
+                r#"picorelay.ini: [server] listen: "1.2.3.4" is not an IP address with a port (127.0.0.1:25, [::1]:25, 0.0.0.0:465)"#,
+            ),
+            (
+                "[server]\nlisten = 127.0.0.1:25, ::1:25",
+                r#"picorelay.ini: [server] listen: "::1:25" is not an IP address with a port (127.0.0.1:25, [::1]:25, 0.0.0.0:465)"#,
+            ),
+            (
+                "[server]\nlisten_tls = localhost:465",
+                r#"picorelay.ini: [server] listen_tls: "localhost:465" is not an IP address with a port (127.0.0.1:25, [::1]:25, 0.0.0.0:465)"#,
+            ),
+            ("[server]\nlisten_tls = 0.0.0.0:465", "picorelay.ini: [server] listen_tls: needs tls_cert and tls_key"),
+            // host names
+            (
+                "[server]\nhostname = bad host",
+                r#"picorelay.ini: [server] hostname: "bad host" is not a host name (letters, digits, - and . like mail.example.com)"#,
+            ),
+            (
+                "[server]\nlocal_domains = example.com, a..b",
+                r#"picorelay.ini: [server] local_domains: "a..b" is not a host name (letters, digits, - and . like mail.example.com)"#,
+            ),
+            // TLS pairing
+            (
+                "[server]\ntls_cert = /etc/cert.pem",
+                "picorelay.ini: [server] tls_key: missing: tls_cert is set (set both or neither)",
+            ),
+            (
+                "[server]\ntls_key = /etc/key.pem",
+                "picorelay.ini: [server] tls_cert: missing: tls_key is set (set both or neither)",
+            ),
+            // booleans
+            (
+                "[server]\nrequire_tls = maybe",
+                r#"picorelay.ini: [server] require_tls: "maybe" is not a boolean (yes/no, true/false, on/off, 1/0)"#,
+            ),
+            (
+                "[server]\nrequire_tls = yes",
+                "picorelay.ini: [server] require_tls: yes needs tls_cert and tls_key (for STARTTLS)",
+            ),
+            // CIDR
+            (
+                "[server]\nrelay_networks = 10.0.0.0/33",
+                r#"picorelay.ini: [server] relay_networks: "10.0.0.0/33": prefix length above 32"#,
+            ),
+            (
+                "[server]\nrelay_networks = fd00::/129",
+                r#"picorelay.ini: [server] relay_networks: "fd00::/129": prefix length above 128"#,
+            ),
+            (
+                "[server]\nrelay_networks = 10.0.0.0/8, lan",
+                r#"picorelay.ini: [server] relay_networks: "lan" is not a network (192.168.1.0/24, fd00::/8, or one address)"#,
+            ),
+            (
+                "[server]\nrelay_networks = 10.0.0.0/x",
+                r#"picorelay.ini: [server] relay_networks: "10.0.0.0/x" is not a network (192.168.1.0/24, fd00::/8, or one address)"#,
+            ),
+            // auth and users
+            (
+                "[server]\nauth = sometimes",
+                r#"picorelay.ini: [server] auth: "sometimes" is not one of off, optional, required"#,
+            ),
+            ("[server]\nauth = required", "picorelay.ini: [server] auth: required needs at least one user in [users]"),
+            ("[server]\nuser = \"mail man\"", r#"picorelay.ini: [server] user: "mail man" is not a user name (no spaces)"#),
+            (
+                "[users]\nalice = secret",
+                "picorelay.ini: [users] alice: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+            ),
+            (
+                "[users]\nbob = $6$salt$short",
+                "picorelay.ini: [users] bob: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+            ),
+            (
+                "[users]\nbob = $1$salt$abcdefghabcdefghabcdef",
+                "picorelay.ini: [users] bob: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+            ),
+            // [smarthost]
+            (
+                "[smarthost]\nhost = bad!host",
+                r#"picorelay.ini: [smarthost] host: "bad!host" is not a host (host, host:port, [IPv6]:port; several separated by commas)"#,
+            ),
+            (
+                "[smarthost]\nhost = mail:99999",
+                r#"picorelay.ini: [smarthost] host: "mail:99999": the port is not a number (1..65535)"#,
+            ),
+            (
+                "[smarthost]\nhost = [::1]x",
+                r#"picorelay.ini: [smarthost] host: "[::1]x" is not a host (host, host:port, [IPv6]:port; several separated by commas)"#,
+            ),
+            (
+                "[smarthost]\nhost = [mail]:25",
+                r#"picorelay.ini: [smarthost] host: "[mail]:25" is not a host (host, host:port, [IPv6]:port; several separated by commas)"#,
+            ),
+            ("[smarthost]\nport = 0", "picorelay.ini: [smarthost] port: 0 is out of range (1..65535)"),
+            ("[smarthost]\ntls = ssl", r#"picorelay.ini: [smarthost] tls: "ssl" is not one of starttls, tls, none"#),
+            (
+                "[smarthost]\ntls_verify = perhaps",
+                r#"picorelay.ini: [smarthost] tls_verify: "perhaps" is not a boolean (yes/no, true/false, on/off, 1/0)"#,
+            ),
+            (
+                "[smarthost]\ntls_fingerprint = sha256:abcd",
+                r#"picorelay.ini: [smarthost] tls_fingerprint: "sha256:abcd" is not sha256: followed by 64 hex digits (colons allowed)"#,
+            ),
+            (
+                "[smarthost]\ntls_fingerprint = md5:0123456789abcdef0123456789abcdef",
+                r#"picorelay.ini: [smarthost] tls_fingerprint: "md5:0123456789abcdef0123456789abcdef" is not sha256: followed by 64 hex digits (colons allowed)"#,
+            ),
+            (
+                "[smarthost]\ntls_fingerprint = sha256:zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                r#"picorelay.ini: [smarthost] tls_fingerprint: "sha256:zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" is not sha256: followed by 64 hex digits (colons allowed)"#,
+            ),
+            (
+                "[smarthost]\nusername = u",
+                "picorelay.ini: [smarthost] password: missing: username is set (set password or password_file)",
+            ),
+            ("[smarthost]\npassword = p", "picorelay.ini: [smarthost] username: missing: a password is set"),
+            (
+                "[smarthost]\nusername = u\npassword = p\npassword_file = /etc/pw",
+                "picorelay.ini: [smarthost] password_file: set together with password (use one of them)",
+            ),
+            (
+                "[smarthost]\nusername = u\npassword_file = /nonexistent/picorelay/pw",
+                "picorelay.ini: [smarthost] password_file: /nonexistent/picorelay/pw: cannot read: no such file",
+            ),
+            (
+                "[smarthost]\nhelo = a_b c",
+                r#"picorelay.ini: [smarthost] helo: "a_b c" is not a host name (letters, digits, - and . like mail.example.com)"#,
+            ),
+            // [queue]
+            ("[queue]\nretry_min = 2h", "picorelay.ini: [queue] retry_min: 2h is longer than retry_max (1h)"),
+            ("[queue]\nretry_max = 30s", "picorelay.ini: [queue] retry_min: 1m is longer than retry_max (30s)"),
+            ("[queue]\nlifetime = 0d", "picorelay.ini: [queue] lifetime: 0d is too short (at least 1s)"),
+            (
+                "[queue]\nmax_size = 1K",
+                "picorelay.ini: [queue] max_size: 1K is too small (at least 1M, room for one message)",
+            ),
+            (
+                "[queue]\nbounce_to = nobody",
+                r#"picorelay.ini: [queue] bounce_to: "nobody" is not sender, none or an address like admin@example.com"#,
+            ),
+            // [aliases], [rewrite], [log]
+            (
+                "[aliases]\nroot@example.com = a@example.com",
+                "picorelay.ini: [aliases] root@example.com: an alias is a local name without @ (or * for any other)",
+            ),
+            (
+                "[aliases]\nroot = admin",
+                r#"picorelay.ini: [aliases] root: "admin" is not an address (like admin@example.com)"#,
+            ),
+            (
+                "[rewrite]\nsender = nas",
+                r#"picorelay.ini: [rewrite] sender: "nas" is not an address (like admin@example.com)"#,
+            ),
+            (
+                "[rewrite]\nfrom = NAS <nas>",
+                r#"picorelay.ini: [rewrite] from: "NAS <nas>" is not an address or Name <address> (like Backup NAS <nas@example.com>)"#,
+            ),
+            (
+                "[log]\nlevel = verbose",
+                r#"picorelay.ini: [log] level: "verbose" is not one of error, warn, info, debug, trace"#,
+            ),
+            // structure
+            ("workers = 1\n[server]", "picorelay.ini: line 1: workers: key before any [section]; put it under its section"),
+            (
+                "[server]\nworkers = 1\nWorkers = 2",
+                "picorelay.ini: [server] workers: duplicate key (lines 2 and 3); keep one",
+            ),
+            (
+                "[server]\n[queue]\n[Server]\nworkers = 2",
+                "picorelay.ini: [server]: duplicate section (lines 1 and 3); merge them into one",
+            ),
+            (
+                "[mail]\nx = 1",
+                "picorelay.ini: [mail]: unknown section (line 1); sections are [server] [users] [smarthost] [queue] [aliases] [rewrite] [log]",
+            ),
+            ("[server]\nfoo = 1", &unknown_key),
+            ("[server]\njust text", r#"picorelay.ini: line 2: "just text" is neither key = value nor [section]"#),
+            ("[server]\n = 5", "picorelay.ini: line 2: a key is missing before ="),
+            ("[server", r#"picorelay.ini: line 1: "[server": a section header ends with ]"#),
+            ("[server] x", "picorelay.ini: line 1: text after [server] (only a ; comment may follow)"),
+            (
+                "[server]\nhostname = \"abc",
+                "picorelay.ini: [server] hostname: the quote is not closed on the same line (line 2)",
+            ),
+            (
+                "[server]\nhostname = \"abc\" x",
+                "picorelay.ini: [server] hostname: text after the closing quote (only a ; comment may follow) (line 2)",
+            ),
+        ];
+        assert!(table.len() >= 30);
+        for (text, want) in table {
+            assert_eq!(errors(text), vec![want.to_string()], "config: {text:?}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_order() {
+        let text = "[server]\nworkers = abc\nauth = never\n[smarthost]\nport = x\n[nope]\n[log]\nlevel = loud\n";
+        assert_eq!(
+            errors(text),
+            vec![
+                "picorelay.ini: [nope]: unknown section (line 6); sections are [server] [users] [smarthost] [queue] [aliases] [rewrite] [log]",
+                r#"picorelay.ini: [server] workers: "abc" is not a number (1..1024)"#,
+                r#"picorelay.ini: [server] auth: "never" is not one of off, optional, required"#,
+                r#"picorelay.ini: [smarthost] port: "x" is not a number (1..65535)"#,
+                r#"picorelay.ini: [log] level: "loud" is not one of error, warn, info, debug, trace"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = good("");
+        let s = &c.server;
+        assert_eq!(
+            s.listen,
+            vec![
+                parse_socket_addr("127.0.0.1:25").unwrap(),
+                parse_socket_addr("[::1]:25").unwrap()
+            ]
+        );
+        assert!(s.listen_tls.is_empty());
+        assert_eq!(s.hostname, system_hostname());
+        assert_eq!(s.workers, 16);
+        assert_eq!(s.max_connections_per_ip, 8);
+        assert_eq!(s.max_message_size, 10 << 20);
+        assert_eq!(s.max_recipients, 100);
+        assert_eq!(s.command_timeout, Duration::from_secs(300));
+        assert_eq!(s.data_timeout, Duration::from_secs(600));
+        assert_eq!(
+            (s.tls_cert.clone(), s.tls_key.clone(), s.require_tls),
+            (None, None, false)
+        );
+        assert_eq!(
+            s.relay_networks,
+            vec![
+                Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+                    prefix: 8
+                },
+                Cidr {
+                    addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    prefix: 128
+                },
+            ]
+        );
+        let mut domains = vec![system_hostname().to_ascii_lowercase()];
+        if domains[0] != "localhost" {
+            domains.push("localhost".to_string());
+        }
+        assert_eq!(s.local_domains, domains);
+        assert_eq!(s.auth, AuthMode::Optional);
+        assert_eq!((s.user.clone(), s.pid_file.clone()), (None, None));
+        assert!(c.users.is_empty());
+        let h = &c.smarthost;
+        assert!(h.hosts.is_empty());
+        assert_eq!(
+            (h.port, h.tls, h.tls_verify),
+            (587, TlsMode::StartTls, true)
+        );
+        assert_eq!(
+            (
+                h.ca_file.clone(),
+                h.tls_fingerprint,
+                h.username.clone(),
+                h.password.clone()
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(h.helo, s.hostname);
+        let q = &c.queue;
+        assert_eq!(q.dir, PathBuf::from("/var/spool/picorelay"));
+        assert_eq!(q.retry_min, Duration::from_secs(60));
+        assert_eq!(q.retry_max, Duration::from_secs(3600));
+        assert_eq!(q.lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(q.max_size, 100 << 20);
+        assert_eq!(q.bounce_to, BounceTo::Sender);
+        assert!(c.aliases.is_empty());
+        assert_eq!(
+            (c.rewrite.sender.clone(), c.rewrite.from.clone()),
+            (None, None)
+        );
+        assert_eq!(c.log.level, log::LevelFilter::Info);
+        assert_eq!(c.log.file, None);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn values_quotes_and_comments() {
+        // (value as written after "password =", password loaded)
+        let table: &[(&str, &str)] = &[
+            (r"a\b\\c;d", r"a\b\\c;d"),
+            (r#""x ;y""#, "x ;y"),
+            (r#""  spaced #  " ; comment"#, "  spaced #  "),
+            (r#""q";c"#, "q"),
+            ("plain ; comment", "plain"),
+            ("plain\t; comment", "plain"),
+            ("a;b #c", "a;b #c"),
+            ("p#1", "p#1"),
+            (r"ends\", r"ends\"),
+            (r#"a"b"#, r#"a"b"#),
+            ("'single'", "'single'"),
+            ("=eq=", "=eq="),
+        ];
+        for (written, want) in table {
+            let text =
+                format!("[smarthost]\nusername = u\npassword = {written}\nhelo = next.example\n");
+            let c = good(&text);
+            assert_eq!(c.smarthost.password.as_deref(), Some(*want), "{written:?}");
+            // A trailing backslash must not swallow the next line.
+            assert_eq!(c.smarthost.helo, "next.example", "{written:?}");
+        }
+    }
+
+    #[test]
+    fn file_syntax_variants() {
+        let text = "\u{feff}; comment\r\n# comment\r\n  [ Server ]  ; why\r\n  Workers=3\r\n\r\n[queue]\r\ndir = \"/var/spool/my relay\"\r\n";
+        let c = good(text);
+        assert_eq!(c.server.workers, 3);
+        assert_eq!(c.queue.dir, PathBuf::from("/var/spool/my relay"));
+        // Empty values mean the default, except listen and relay_networks.
+        let c = good("[server]\nworkers =\nlisten =\nrelay_networks = ; nobody relays without AUTH\nhostname = \"\"");
+        assert_eq!(c.server.workers, 16);
+        assert!(c.server.listen.is_empty());
+        assert!(c.server.relay_networks.is_empty());
+        assert_eq!(c.server.hostname, system_hostname());
+    }
+
+    #[test]
+    fn full_config() {
+        let pw = temp_path("pw");
+        std::fs::write(&pw, "s3cret ;x\nsecond line\n").unwrap();
+        let text = format!(
+            "[server]
+listen = 0.0.0.0:25, [::]:2525, , 127.0.0.1:0
+listen_tls = 0.0.0.0:465
+hostname = Mail.Example.com
+workers = 4
+max_connections_per_ip = 0
+max_message_size = 64K
+max_recipients = 5
+command_timeout = 90
+data_timeout = 2M
+tls_cert = cert.pem
+tls_key = key.pem
+require_tls = On
+relay_networks = 192.168.1.7/24, 2001:db8::1
+local_domains = Example.COM, nas.lan
+auth = REQUIRED
+user = mail
+pid_file = /run/picorelay.pid
+[users]
+Alice = {HASH6}
+bob = {HASH5}
+[smarthost]
+host = smtp.example.com, mail2:2525, [2001:db8::1]:465, 2001:db8::2, [::1], 10.0.0.1:26
+port = 465
+tls = TLS
+tls_verify = false
+ca_file = /etc/ca.pem
+tls_fingerprint = SHA256:00:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14:15:16:17:18:19:1a:1b:1c:1d:1e:1F
+username = relay@example.com
+password_file = {}
+helo = nas.example.com
+[queue]
+dir = spool
+retry_min = 30s
+retry_max = 30s
+lifetime = 1d
+max_size = 1G
+bounce_to = Admin@Example.com
+[aliases]
+Root = admin@example.com
+* = other@example.com
+[rewrite]
+sender = nas@example.com
+from = Backup NAS <nas@example.com>
+[log]
+level = Debug
+file = /var/log/picorelay.log
+",
+            pw.display()
+        );
+        let c = good(&text);
+        let _ = std::fs::remove_file(&pw);
+        let s = &c.server;
+        assert_eq!(s.listen.len(), 3);
+        assert_eq!(s.listen[1], parse_socket_addr("[::]:2525").unwrap());
+        assert_eq!(
+            s.listen_tls,
+            vec![parse_socket_addr("0.0.0.0:465").unwrap()]
+        );
+        assert_eq!(s.hostname, "Mail.Example.com");
+        assert_eq!(
+            (
+                s.workers,
+                s.max_connections_per_ip,
+                s.max_message_size,
+                s.max_recipients
+            ),
+            (4, 0, 65536, 5)
+        );
+        assert_eq!(
+            (s.command_timeout.as_secs(), s.data_timeout.as_secs()),
+            (90, 120)
+        );
+        assert_eq!(s.tls_cert, Some(PathBuf::from("cert.pem")));
+        assert!(s.require_tls);
+        assert_eq!(s.relay_networks[0].to_string(), "192.168.1.7/24");
+        assert_eq!(s.relay_networks[1].to_string(), "2001:db8::1/128");
+        assert_eq!(s.local_domains, vec!["example.com", "nas.lan"]);
+        assert_eq!(s.auth, AuthMode::Required);
+        assert_eq!(s.user.as_deref(), Some("mail"));
+        assert_eq!(c.users.keys().collect::<Vec<_>>(), vec!["Alice", "bob"]);
+        assert_eq!(c.users["Alice"], HASH6);
+        let h = &c.smarthost;
+        let hp = |host: &str, port| HostPort {
+            host: host.to_string(),
+            port,
+        };
+        assert_eq!(
+            h.hosts,
+            vec![
+                hp("smtp.example.com", 465),
+                hp("mail2", 2525),
+                hp("2001:db8::1", 465),
+                hp("2001:db8::2", 465),
+                hp("::1", 465),
+                hp("10.0.0.1", 26),
+            ]
+        );
+        assert_eq!(h.hosts[2].to_string(), "[2001:db8::1]:465");
+        assert_eq!((h.tls, h.tls_verify), (TlsMode::Implicit, false));
+        let mut fp = [0u8; 32];
+        for (i, b) in fp.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(h.tls_fingerprint, Some(fp));
+        assert_eq!(h.password.as_deref(), Some("s3cret ;x"));
+        assert_eq!(h.helo, "nas.example.com");
+        assert_eq!(c.queue.dir, PathBuf::from("spool"));
+        assert_eq!(c.queue.max_size, 1 << 30);
+        assert_eq!(
+            c.queue.bounce_to,
+            BounceTo::Address("Admin@Example.com".to_string())
+        );
+        assert_eq!(
+            c.aliases.get("root").map(String::as_str),
+            Some("admin@example.com")
+        );
+        assert_eq!(
+            c.aliases.get("*").map(String::as_str),
+            Some("other@example.com")
+        );
+        assert_eq!(
+            c.rewrite.from.as_deref(),
+            Some("Backup NAS <nas@example.com>")
+        );
+        assert_eq!(c.log.level, log::LevelFilter::Debug);
+        assert_eq!(c.warnings, Vec::<String>::new());
+
+        // Secrets never show in Debug or the summary.
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("s3cret") && !dbg.contains(HASH6) && dbg.contains("********"),
+            "{dbg}"
+        );
+        let summary = c.summary().join("\n");
+        assert!(
+            !summary.contains("s3cret") && !summary.contains("examplesalt"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("smarthost smtp.example.com:465, mail2:2525"),
+            "{summary}"
+        );
+        assert!(summary.contains("auth as relay@example.com"), "{summary}");
+        assert!(
+            summary.contains("spool spool (max 1G), retry 30s..30s, lifetime 1d"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn warnings_and_notes() {
+        let table: &[(&str, &str)] = &[
+            (
+                "[smarthost]\nhost = h\ntls = none\nusername = u\npassword = p",
+                "picorelay.ini: [smarthost] tls: none: the password is sent to the smarthost unencrypted",
+            ),
+            (
+                "[smarthost]\nhost = h\ntls_verify = no",
+                "picorelay.ini: [smarthost] tls_verify: no: any certificate is accepted (consider tls_fingerprint)",
+            ),
+            (
+                "[server]\nauth = off\n[users]\nbob = $5$examplesalt$SwnVoYYML2Gme78SRb4hMJop813pb0088AJiQntkue4",
+                "picorelay.ini: [server] auth: off: the users in [users] cannot log in",
+            ),
+            (
+                "[users]\nbob = $5$examplesalt$SwnVoYYML2Gme78SRb4hMJop813pb0088AJiQntkue4",
+                "picorelay.ini: [server] auth: without tls_cert, AUTH is accepted only from local clients (127.0.0.1, ::1)",
+            ),
+        ];
+        for (text, want) in table {
+            let c = good(text);
+            assert_eq!(c.warnings, vec![want.to_string()], "{text:?}");
+            assert_eq!(c.notes()[0], *want, "{text:?}");
+        }
+        let c = good("");
+        assert_eq!(
+            c.notes(),
+            vec!["picorelay.ini: [smarthost] host: not set: hold mode, every message stays in the queue"]
+        );
+        assert!(c.summary().iter().any(|l| l.contains("hold mode")));
+    }
+
+    #[test]
+    fn check_resources() {
+        let dir = temp_path("spool-parent");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let plain_file = dir.join("file");
+        std::fs::write(&plain_file, "x").unwrap();
+        let table: Vec<(String, Vec<String>)> = vec![
+            // spool missing but creatable, cert readable
+            (
+                format!(
+                    "[server]\ntls_cert = {}\ntls_key = {}\n[queue]\ndir = {}",
+                    cert.display(),
+                    cert.display(),
+                    dir.join("spool").display()
+                ),
+                vec![],
+            ),
+            // spool exists
+            (format!("[queue]\ndir = {}", dir.display()), vec![]),
+            (
+                format!(
+                    "[server]\ntls_cert = {0}/nope.pem\ntls_key = {1}\n[queue]\ndir = {0}",
+                    dir.display(),
+                    cert.display()
+                ),
+                vec![format!(
+                    "{F}: [server] tls_cert: {}/nope.pem: cannot read: no such file",
+                    dir.display()
+                )],
+            ),
+            (
+                format!(
+                    "[smarthost]\nca_file = {0}\n[queue]\ndir = {0}",
+                    dir.display()
+                ),
+                vec![format!(
+                    "{F}: [smarthost] ca_file: {}: is a folder, not a file",
+                    dir.display()
+                )],
+            ),
+            (
+                format!("[queue]\ndir = {}", plain_file.display()),
+                vec![format!(
+                    "{F}: [queue] dir: {}: exists but is not a folder",
+                    plain_file.display()
+                )],
+            ),
+            (
+                format!("[queue]\ndir = {}/a/b", dir.display()),
+                vec![format!(
+                    "{F}: [queue] dir: {0}/a/b: does not exist, nor does {0}/a",
+                    dir.display()
+                )],
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(good(&text).check_resources(), want, "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let table: &[(&str, &str, bool)] = &[
+            ("127.0.0.0/8", "127.0.0.2", true),
+            ("127.0.0.0/8", "128.0.0.1", false),
+            ("192.168.1.77/24", "192.168.1.1", true),
+            ("192.168.1.0/24", "192.168.2.1", false),
+            ("10.0.0.1", "10.0.0.1", true),
+            ("10.0.0.1", "10.0.0.2", false),
+            ("0.0.0.0/0", "8.8.8.8", true),
+            ("0.0.0.0/0", "::1", false),
+            ("127.0.0.0/8", "::ffff:127.0.0.1", true),
+            ("127.0.0.0/8", "::ffff:10.0.0.1", false),
+            ("::1/128", "::1", true),
+            ("::1", "::2", false),
+            ("fd00::/8", "fd12:3456::1", true),
+            ("fd00::/8", "fe80::1", false),
+            ("::/0", "2001:db8::1", true),
+            ("::1/128", "127.0.0.1", false),
+        ];
+        for (net, ip, want) in table {
+            let c = parse_cidr(net).unwrap();
+            assert_eq!(
+                c.contains(ip.parse().unwrap()),
+                *want,
+                "{net} contains {ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn value_parsers() {
+        let durations: &[(&str, Option<u64>)] = &[
+            ("90", Some(90)),
+            ("90s", Some(90)),
+            ("5m", Some(300)),
+            ("5M", Some(300)),
+            ("2h", Some(7200)),
+            ("5d", Some(432000)),
+            ("0", Some(0)),
+            ("", None),
+            ("5 m", None),
+            ("1.5h", None),
+            ("5w", None),
+            ("+5", None),
+            ("3650d", Some(3650 * 86400)),
+            ("3651d", None),
+            ("99999999999999999999", None),
+        ];
+        for (s, want) in durations {
+            assert_eq!(parse_duration(s).ok().map(|d| d.as_secs()), *want, "{s:?}");
+        }
+        let sizes: &[(&str, Option<u64>)] = &[
+            ("100", Some(100)),
+            ("10K", Some(10240)),
+            ("10k", Some(10240)),
+            ("10M", Some(10485760)),
+            ("1G", Some(1 << 30)),
+            ("1T", None),
+            ("K", None),
+            ("-1", None),
+            ("1.5M", None),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551615K", None),
+        ];
+        for (s, want) in sizes {
+            assert_eq!(parse_size(s).ok(), *want, "{s:?}");
+        }
+        let bools: &[(&str, Option<bool>)] = &[
+            ("yes", Some(true)),
+            ("TRUE", Some(true)),
+            ("On", Some(true)),
+            ("1", Some(true)),
+            ("no", Some(false)),
+            ("False", Some(false)),
+            ("off", Some(false)),
+            ("0", Some(false)),
+            ("y", None),
+            ("2", None),
+            ("", None),
+        ];
+        for (s, want) in bools {
+            assert_eq!(parse_bool(s).ok(), *want, "{s:?}");
+        }
+        let addrs: &[(&str, bool)] = &[
+            ("127.0.0.1:25", true),
+            ("[::1]:25", true),
+            ("0.0.0.0:465", true),
+            ("127.0.0.1:0", true),
+            ("[fe80::1%1]:25", true), // link-local with a numeric scope id
+            ("127.0.0.1", false),
+            ("localhost:25", false),
+            ("127.0.0.1:65536", false),
+        ];
+        for (s, ok) in addrs {
+            assert_eq!(parse_socket_addr(s).is_ok(), *ok, "{s:?}");
+        }
+        let sizes_fmt: &[(u64, &str)] = &[
+            (0, "0"),
+            (1000, "1000"),
+            (1024, "1K"),
+            (10 << 20, "10M"),
+            (3 << 30, "3G"),
+        ];
+        for (n, want) in sizes_fmt {
+            assert_eq!(fmt_size(*n), *want);
+        }
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let c = good(EXAMPLE);
+        assert!(c.warnings.is_empty());
+        // Uncommenting every key line (";key = value") must give a valid config with the defaults.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix(';') {
+                Some(rest) if !rest.starts_with(' ') && !rest.is_empty() => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let u = good(&uncommented);
+        let d = good("");
+        assert_eq!(u.server.listen, d.server.listen);
+        assert_eq!(u.server.relay_networks, d.server.relay_networks);
+        assert_eq!(u.summary().len(), d.summary().len());
+        assert_eq!(u.queue.retry_max, d.queue.retry_max);
+        assert_eq!(u.users.len(), 1);
+        assert_eq!(u.aliases.len(), 2);
+        // Every key of the schema is documented in the example.
+        for (sec, keys) in SCHEMA {
+            assert!(
+                EXAMPLE.contains(&format!("[{sec}]")),
+                "[{sec}] missing from etc/picorelay.ini"
+            );
+            for (key, default) in *keys {
+                let line = format!(";{key} = {default}");
+                assert!(
+                    EXAMPLE.lines().any(|l| l.trim_end() == line.trim_end()),
+                    "etc/picorelay.ini lacks {line:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let p = temp_path("missing.ini");
+        let e = Config::load(&p).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![format!(
+                "{}: cannot read the config file: no such file",
+                p.display()
+            )]
+        );
+    }
+}

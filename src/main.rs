@@ -1,0 +1,96 @@
+//! picorelay: command and argv[0] dispatch; maps errors to exit codes. Nothing else.
+
+mod base64;
+// mod client;
+mod config;
+mod crypt;
+mod logging;
+mod message;
+mod queue_cmd;
+mod serve;
+mod server;
+mod session;
+mod smtp;
+mod spool;
+mod sys;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_CONFIG: &str = "/etc/picorelay/picorelay.ini";
+
+const HELP: &str = "\
+picorelay — a small, dependable SMTP relay to one smarthost
+
+usage: picorelay [-c FILE] [COMMAND]
+
+commands:
+  serve                    run the relay in the foreground (the default)
+  check                    validate the config file and what it points to
+  queue [list]             list queued messages
+  queue show ID            print a queued message (envelope, then message)
+  queue delete ID...       remove messages from the queue
+  --version, --help
+
+options:
+  -c, --config FILE        config file (default: $PICORELAY_CONFIG, else /etc/picorelay/picorelay.ini)
+";
+
+/// Args is the parsed command line: the config path and the rest.
+struct Args {
+    config: PathBuf,
+    rest: Vec<String>,
+}
+
+fn parse_args(argv: Vec<String>) -> Result<Args, String> {
+    let mut config = std::env::var_os("PICORELAY_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut rest = Vec::new();
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-c" | "--config" => config = PathBuf::from(it.next().ok_or("-c needs a file name")?),
+            _ if a.starts_with("--config=") => config = PathBuf::from(&a["--config=".len()..]),
+            _ => rest.push(a),
+        }
+    }
+    Ok(Args { config, rest })
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("picorelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let words: Vec<&str> = args.rest.iter().map(String::as_str).collect();
+    let code = match words.as_slice() {
+        ["--version"] | ["-V"] | ["version"] => {
+            println!("picorelay {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        ["--help"] | ["-h"] | ["help"] => {
+            print!("{HELP}");
+            0
+        }
+        [] | ["serve"] => serve::run(&args.config),
+        ["check"] => serve::check(&args.config),
+        ["queue"] | ["queue", "list"] => queue_cmd::list(&args.config),
+        ["queue", "show", id] => queue_cmd::show(&args.config, id),
+        ["queue", "delete", ids @ ..] if !ids.is_empty() => queue_cmd::delete(&args.config, ids),
+        _ => {
+            eprintln!(
+                "picorelay: unknown command {:?}; see picorelay --help",
+                args.rest.join(" ")
+            );
+            2
+        }
+    };
+    ExitCode::from(code)
+}

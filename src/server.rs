@@ -1,0 +1,916 @@
+//! Listeners, the accept loop, the fixed worker pool, connection limits and the
+//! socket side of a session (line reading, pipelining, DATA into the spool).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::crypt;
+use crate::message::{self, Trace, MAX_RECEIVED};
+use crate::session::{self, Action, Authenticator, DataOutcome, Policy, Session};
+use crate::smtp::command::{scan_line, LineScan, MAX_AUTH_LINE};
+use crate::smtp::data::DataReader;
+use crate::smtp::reply::{self, Reply};
+use crate::spool::{Envelope, RcptState, Recipient, Spool};
+use crate::sys;
+use crate::tls::{ServerTls, Stream};
+
+/// How long a connection may wait for a free worker before it gets 421 4.3.2.
+const QUEUE_WAIT: Duration = Duration::from_secs(3);
+
+/// Input read buffer per session; a command line is at most MAX_LINE.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A line longer than MAX_LINE is skipped to its end, but not forever: past
+/// this many octets without a line end the client is not speaking SMTP.
+const MAX_SKIP: usize = 64 * 1024;
+
+/// Per-address AUTH failure brake: this many failures within BRAKE_WINDOW
+/// blocks new connections from that address for BRAKE_BLOCK.
+const BRAKE_FAILURES: u32 = 10;
+const BRAKE_WINDOW: Duration = Duration::from_secs(600);
+const BRAKE_BLOCK: Duration = Duration::from_secs(600);
+/// The brake remembers at most this many addresses (memory bound).
+const BRAKE_MAX_ENTRIES: usize = 10_000;
+
+/// A bound listener and whether it speaks implicit TLS (RFC 8314).
+pub struct Listener {
+    pub socket: TcpListener,
+    pub implicit_tls: bool,
+}
+
+/// bind opens every configured listener; a failure names the address.
+pub fn bind(cfg: &Config) -> Result<Vec<Listener>, String> {
+    let plain = cfg.server.listen.iter().map(|a| (a, false));
+    let tls = cfg.server.listen_tls.iter().map(|a| (a, true));
+    plain
+        .chain(tls)
+        .map(|(addr, implicit_tls)| {
+            TcpListener::bind(addr)
+                .map(|socket| Listener {
+                    socket,
+                    implicit_tls,
+                })
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        })
+        .collect()
+}
+
+/// Users verifies AUTH credentials against `[users]` (SHA-crypt hashes).
+pub struct Users(pub std::collections::BTreeMap<String, String>);
+
+/// A well-formed hash that matches nothing, so that an unknown user costs the
+/// same time as a wrong password (no user enumeration by timing).
+const DUMMY_HASH: &str = "$6$picorelaydummy$gfJ0.BE9yHRlIqU0wKIkZUBAOG1EdHjVBWGn2lZLC2wJr6YbSrK7B5Hb0vfmdyb1pd8SbyMeH9mKZ/WFr6BJp/";
+
+impl Authenticator for Users {
+    fn verify(&self, user: &str, password: &[u8]) -> bool {
+        match self.0.get(user) {
+            Some(hash) => crypt::verify(password, hash),
+            None => {
+                crypt::verify(password, DUMMY_HASH);
+                false
+            }
+        }
+    }
+}
+
+/// Shared is the state every worker sees.
+pub struct Shared {
+    pub config: RwLock<Arc<Config>>,
+    pub users: RwLock<Arc<Users>>,
+    pub spool: Arc<Spool>,
+    pub tls: Option<ServerTls>,
+    shutting_down: AtomicBool,
+    next_session: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    brake: Mutex<HashMap<IpAddr, BrakeEntry>>,
+    active: Mutex<HashMap<u64, TcpStream>>,
+    /// Called after each message is committed (wakes the delivery runner).
+    pub on_queued: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+struct BrakeEntry {
+    failures: u32,
+    window_start: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Shared {
+    /// Shared::new bundles what the server needs.
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        tls: Option<ServerTls>,
+        on_queued: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Shared {
+        let users = Arc::new(Users(config.users.clone()));
+        Shared {
+            config: RwLock::new(config),
+            users: RwLock::new(users),
+            spool,
+            tls,
+            shutting_down: AtomicBool::new(false),
+            next_session: AtomicU64::new(u64::from(std::process::id() & 0xfff) << 20),
+            per_ip: Mutex::new(HashMap::new()),
+            brake: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            on_queued,
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    fn users(&self) -> Arc<Users> {
+        self.users
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// braked tells whether new connections from `ip` are refused for now.
+    fn braked(&self, ip: IpAddr) -> bool {
+        let mut map = lock(&self.brake);
+        match map.get(&ip).and_then(|e| e.blocked_until) {
+            Some(until) if until > Instant::now() => true,
+            Some(_) => {
+                map.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// note_auth_failures adds a session's AUTH failures to its address's count.
+    fn note_auth_failures(&self, ip: IpAddr, n: u32) {
+        if n == 0 || is_local_client(ip) {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = lock(&self.brake);
+        if map.len() >= BRAKE_MAX_ENTRIES {
+            map.retain(|_, e| {
+                e.blocked_until.is_some_and(|u| u > now) || now - e.window_start < BRAKE_WINDOW
+            });
+            if map.len() >= BRAKE_MAX_ENTRIES {
+                return;
+            }
+        }
+        let e = map.entry(ip).or_insert(BrakeEntry {
+            failures: 0,
+            window_start: now,
+            blocked_until: None,
+        });
+        if now - e.window_start > BRAKE_WINDOW {
+            e.failures = 0;
+            e.window_start = now;
+        }
+        e.failures += n;
+        if e.failures >= BRAKE_FAILURES && e.blocked_until.is_none() {
+            e.blocked_until = Some(now + BRAKE_BLOCK);
+            log::warn!(
+                "{ip}: {} failed AUTH attempts, refusing connections for {}s",
+                e.failures,
+                BRAKE_BLOCK.as_secs()
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// is_local_client: 127.0.0.1 and ::1 exactly (interface.md), also when
+/// 127.0.0.1 arrives IPv4-mapped on a v6 socket.
+pub fn is_local_client(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => {
+            v6 == Ipv6Addr::LOCALHOST || v6.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+/// A connection waiting for a worker.
+struct Pending {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    since: Instant,
+}
+
+/// The bounded hand-off between the accept loop and the workers.
+struct Pool {
+    queue: Mutex<VecDeque<Pending>>,
+    ready: Condvar,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+/// Server runs the accept loop and the workers until told to stop.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    pool: Arc<Pool>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Server::start spawns the fixed pool of `server.workers` threads.
+    pub fn start(shared: Arc<Shared>, listeners: Vec<Listener>) -> io::Result<Server> {
+        let n = shared.config().server.workers;
+        let pool = Arc::new(Pool {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            capacity: n.max(1),
+            closed: AtomicBool::new(false),
+        });
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (shared, pool) = (Arc::clone(&shared), Arc::clone(&pool));
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .stack_size(512 * 1024)
+                    .spawn(move || worker(shared, pool))?,
+            );
+        }
+        for l in &listeners {
+            l.socket.set_nonblocking(true)?;
+        }
+        Ok(Server {
+            shared,
+            listeners,
+            pool,
+            workers,
+        })
+    }
+
+    /// The file descriptors the main loop polls for new connections.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.listeners
+            .iter()
+            .map(|l| sys::fd_of(&l.socket))
+            .collect()
+    }
+
+    /// local_addrs lists the bound addresses (tests bind port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect()
+    }
+
+    /// accept_ready accepts every waiting connection on listener `idx`.
+    pub fn accept_ready(&self, idx: usize) {
+        let Some(l) = self.listeners.get(idx) else {
+            return;
+        };
+        loop {
+            match l.socket.accept() {
+                Ok((tcp, peer)) => self.admit(tcp, peer, l.implicit_tls),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    log::error!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// admit applies the per-address limits and hands the connection to the pool.
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
+        let ip = canonical_ip(peer.ip());
+        if self.shared.braked(ip) {
+            refuse(
+                tcp,
+                &reply::too_many_auth_failures(),
+                peer,
+                "address blocked after failed AUTH attempts",
+            );
+            return;
+        }
+        let limit = self.shared.config().server.max_connections_per_ip;
+        if limit > 0 && !is_local_client(ip) {
+            let mut per_ip = lock(&self.shared.per_ip);
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= limit {
+                drop(per_ip);
+                refuse(
+                    tcp,
+                    &reply::too_many_connections(),
+                    peer,
+                    "too many connections from this address",
+                );
+                return;
+            }
+            *n += 1;
+        }
+        let mut q = lock(&self.pool.queue);
+        if q.len() >= self.pool.capacity {
+            drop(q);
+            release_ip(&self.shared, ip);
+            refuse(
+                tcp,
+                &reply::service_unavailable("too busy, try again later"),
+                peer,
+                "no worker free",
+            );
+            return;
+        }
+        q.push_back(Pending {
+            tcp,
+            peer,
+            implicit_tls,
+            since: Instant::now(),
+        });
+        drop(q);
+        self.pool.ready.notify_one();
+    }
+
+    /// expire_waiting answers 421 to connections that waited too long for a worker.
+    pub fn expire_waiting(&self) {
+        let mut expired = Vec::new();
+        {
+            let mut q = lock(&self.pool.queue);
+            while q.front().is_some_and(|p| p.since.elapsed() >= QUEUE_WAIT) {
+                if let Some(p) = q.pop_front() {
+                    expired.push(p);
+                }
+            }
+        }
+        for p in expired {
+            release_ip(&self.shared, canonical_ip(p.peer.ip()));
+            refuse(
+                p.tcp,
+                &reply::service_unavailable("too busy, try again later"),
+                p.peer,
+                "no worker free in time",
+            );
+        }
+    }
+
+    /// shutdown stops accepting, ends every session within a bound and joins the workers.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.listeners.clear();
+        self.pool.closed.store(true, Ordering::SeqCst);
+        let waiting: Vec<Pending> = lock(&self.pool.queue).drain(..).collect();
+        for p in waiting {
+            refuse(p.tcp, &reply::shutting_down(), p.peer, "shutting down");
+        }
+        self.pool.ready.notify_all();
+        // Sessions blocked in a read see end-of-file now; a message whose data is
+        // incomplete is dropped with its tmp file, one already read is committed.
+        for tcp in lock(&self.shared.active).values() {
+            let _ = tcp.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        for tcp in lock(&self.shared.active).values() {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+        for w in self.workers.drain(..) {
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+/// canonical_ip maps IPv4-mapped IPv6 addresses to IPv4 so limits and
+/// relay_networks see one address per client.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn release_ip(shared: &Shared, ip: IpAddr) {
+    let mut per_ip = lock(&shared.per_ip);
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+/// refuse sends one reply to a connection we will not serve and closes it.
+/// The write cannot block for long: a fresh socket's send buffer is empty.
+fn refuse(mut tcp: TcpStream, r: &Reply, peer: SocketAddr, why: &str) {
+    log::warn!("connection from {}: refused: {why}", peer.ip());
+    let mut out = Vec::new();
+    r.write_to(&mut out);
+    let _ = tcp.set_nonblocking(false);
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = tcp.write_all(&out);
+    let _ = tcp.shutdown(Shutdown::Both);
+}
+
+fn worker(shared: Arc<Shared>, pool: Arc<Pool>) {
+    loop {
+        let next = {
+            let mut q = lock(&pool.queue);
+            loop {
+                if let Some(p) = q.pop_front() {
+                    break Some(p);
+                }
+                if pool.closed.load(Ordering::SeqCst) {
+                    break None;
+                }
+                q = pool.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let Some(p) = next else { return };
+        let ip = canonical_ip(p.peer.ip());
+        serve(&shared, p);
+        release_ip(&shared, ip);
+    }
+}
+
+/// Why a session's input ended.
+enum ReadEnd {
+    Closed,
+    Timeout,
+    Error(io::Error),
+}
+
+/// Conn is the socket side of one session: buffered input, batched output.
+struct Conn {
+    stream: Option<Stream>,
+    inbuf: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn stream(&mut self) -> io::Result<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("connection closed"))
+    }
+
+    fn set_timeout(&mut self, t: Duration) {
+        if let Ok(s) = self.stream() {
+            let _ = s.tcp().set_read_timeout(Some(t));
+            let _ = s.tcp().set_write_timeout(Some(t));
+        }
+    }
+
+    fn push(&mut self, r: &Reply) {
+        r.write_to(&mut self.out);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let s = self.stream()?;
+        s.write_all(&out)?;
+        s.flush()
+    }
+
+    /// fill reads more input, after flushing pending replies (RFC 2920 §3.1:
+    /// replies go out when the client's input is drained).
+    fn fill(&mut self) -> Result<(), ReadEnd> {
+        self.flush().map_err(ReadEnd::Error)?;
+        if self.pos > 0 {
+            self.inbuf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let start = self.inbuf.len();
+        self.inbuf.resize(start + READ_CHUNK, 0);
+        let r = match self.stream.as_mut() {
+            Some(s) => s.read(&mut self.inbuf[start..]),
+            None => Err(io::Error::other("connection closed")),
+        };
+        match r {
+            Ok(0) => {
+                self.inbuf.truncate(start);
+                Err(ReadEnd::Closed)
+            }
+            Ok(n) => {
+                self.inbuf.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                self.inbuf.truncate(start);
+                Err(match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ReadEnd::Timeout,
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                        ReadEnd::Closed
+                    }
+                    _ => ReadEnd::Error(e),
+                })
+            }
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.inbuf[self.pos..]
+    }
+}
+
+/// Per-session facts for logging and the spool envelope.
+struct Peer {
+    tag: String,
+    ip: IpAddr,
+}
+
+fn serve(shared: &Arc<Shared>, p: Pending) {
+    let cfg = shared.config();
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let ip = canonical_ip(p.peer.ip());
+    let peer = Peer {
+        tag: format!("session {id:x} from {ip}"),
+        ip,
+    };
+    let started = Instant::now();
+    log::info!(
+        "{}: connected{}",
+        peer.tag,
+        if p.implicit_tls {
+            " (implicit TLS)"
+        } else {
+            ""
+        }
+    );
+    if let Ok(clone) = p.tcp.try_clone() {
+        lock(&shared.active).insert(id, clone);
+    }
+    let mut conn = Conn {
+        stream: Some(Stream::Plain(p.tcp)),
+        inbuf: Vec::with_capacity(1024),
+        pos: 0,
+        out: Vec::new(),
+    };
+    conn.set_timeout(cfg.server.command_timeout);
+    let accepted = if p.implicit_tls && !start_tls(shared, &mut conn, &peer) {
+        0
+    } else {
+        run_session(shared, &cfg, &mut conn, &peer, p.implicit_tls)
+    };
+    let _ = conn.flush();
+    if let Some(s) = conn.stream.take() {
+        let _ = s.tcp().shutdown(Shutdown::Both);
+    }
+    lock(&shared.active).remove(&id);
+    log::info!(
+        "{}: closed after {:.1}s, {} message(s) accepted",
+        peer.tag,
+        started.elapsed().as_secs_f64(),
+        accepted
+    );
+}
+
+/// start_tls runs the server handshake on the connection; false when it failed.
+fn start_tls(shared: &Shared, conn: &mut Conn, peer: &Peer) -> bool {
+    let Some(tls) = &shared.tls else { return false };
+    let Some(plain) = conn.stream.take() else {
+        return false;
+    };
+    // CVE-2011-0411: nothing the client sent before the handshake may be read after it.
+    conn.inbuf.clear();
+    conn.pos = 0;
+    match plain.accept_tls(tls.current()) {
+        Ok(s) => {
+            log::debug!(
+                "{}: TLS established: {}",
+                peer.tag,
+                s.tls_info().unwrap_or_default()
+            );
+            conn.stream = Some(s);
+            true
+        }
+        Err(e) => {
+            log::warn!("{}: TLS handshake failed: {e}", peer.tag);
+            false
+        }
+    }
+}
+
+fn policy(shared: &Shared, cfg: &Config, peer: &Peer, implicit_tls: bool) -> Policy {
+    Policy {
+        hostname: cfg.server.hostname.clone(),
+        tag: peer.tag.clone(),
+        max_message_size: cfg.server.max_message_size,
+        max_recipients: cfg.server.max_recipients,
+        relay_allowed: cfg
+            .server
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(peer.ip)),
+        local_client: is_local_client(peer.ip),
+        starttls_available: shared.tls.is_some() && !implicit_tls,
+        implicit_tls,
+        auth: cfg.server.auth,
+        have_users: !cfg.users.is_empty(),
+        require_tls: cfg.server.require_tls,
+    }
+}
+
+/// run_session drives the state machine over the connection; returns the
+/// number of messages accepted.
+fn run_session(
+    shared: &Shared,
+    cfg: &Config,
+    conn: &mut Conn,
+    peer: &Peer,
+    implicit_tls: bool,
+) -> u32 {
+    let users = shared.users();
+    let mut session = Session::new(policy(shared, cfg, peer, implicit_tls), users.as_ref());
+    conn.push(&session.greeting());
+    let mut accepted = 0;
+    let mut skipping = 0usize; // octets skipped of an over-long line
+    let result = loop {
+        if skipping > 0 {
+            match conn.pending().iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    conn.pos += i + 1;
+                    skipping = 0;
+                }
+                None => {
+                    skipping += conn.pending().len();
+                    conn.pos = conn.inbuf.len();
+                    if skipping > MAX_SKIP {
+                        conn.push(&reply::too_many_errors());
+                        break Ok(());
+                    }
+                    if let Err(end) = conn.fill() {
+                        break Err(end);
+                    }
+                }
+            }
+            continue;
+        }
+        let action = match scan_line(conn.pending(), MAX_AUTH_LINE) {
+            LineScan::Line { end, next } => {
+                let line = &conn.inbuf[conn.pos..conn.pos + end];
+                let verb = verb_of(line);
+                let action = session.line(line);
+                conn.pos += next;
+                log_refusal(peer, &verb, &action);
+                action
+            }
+            LineScan::TooLong => {
+                skipping = 1;
+                let action = session.line_too_long();
+                log_refusal(peer, "(long line)", &action);
+                action
+            }
+            LineScan::NeedMore => {
+                if shared.is_shutting_down() {
+                    conn.push(&reply::shutting_down());
+                    break Ok(());
+                }
+                if let Err(end) = conn.fill() {
+                    break Err(end);
+                }
+                continue;
+            }
+        };
+        match action {
+            Action::Reply(r) => conn.push(&r),
+            Action::Close(r) => {
+                conn.push(&r);
+                break Ok(());
+            }
+            Action::StartTls(r) => {
+                conn.push(&r);
+                if conn.flush().is_err() || !start_tls(shared, conn, peer) {
+                    break Ok(());
+                }
+                session.tls_started();
+            }
+            Action::Data(r) => match receive_data(shared, cfg, conn, peer, &mut session, r) {
+                Ok(queued) => accepted += u32::from(queued),
+                Err(end) => break Err(end),
+            },
+        }
+    };
+    shared.note_auth_failures(peer.ip, session.auth_failures());
+    match result {
+        Err(ReadEnd::Timeout) => {
+            log::info!("{}: timed out", peer.tag);
+            conn.push(&reply::timeout());
+        }
+        Err(ReadEnd::Closed) if shared.is_shutting_down() => conn.push(&reply::shutting_down()),
+        Err(ReadEnd::Error(e)) => log::info!("{}: connection error: {e}", peer.tag),
+        _ => {}
+    }
+    accepted
+}
+
+/// verb_of gives the command word of a line for the log, never its arguments
+/// (an AUTH payload must not reach a log line).
+fn verb_of(line: &[u8]) -> String {
+    let word: String = line
+        .iter()
+        .take_while(|b| !b.is_ascii_whitespace())
+        .take(12)
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                (b as char).to_ascii_uppercase()
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if word.is_empty() {
+        "(empty)".into()
+    } else {
+        word
+    }
+}
+
+fn log_refusal(peer: &Peer, verb: &str, action: &Action) {
+    let r = match action {
+        Action::Reply(r) | Action::Close(r) => r,
+        _ => return,
+    };
+    if r.code >= 400 {
+        log::info!(
+            "{}: refused {verb}: {} {} {}",
+            peer.tag,
+            r.code,
+            r.status,
+            r.lines.join(" / ")
+        );
+    }
+}
+
+/// receive_data answers 354, streams the message into the spool and replies.
+/// Returns whether a message was queued.
+fn receive_data(
+    shared: &Shared,
+    cfg: &Config,
+    conn: &mut Conn,
+    peer: &Peer,
+    session: &mut Session,
+    start: Reply,
+) -> Result<bool, ReadEnd> {
+    let Some(txn) = session.transaction().cloned() else {
+        conn.push(&session.data_finished(DataOutcome::StorageFailed));
+        return Ok(false);
+    };
+    let env = Envelope {
+        id: String::new(),
+        sender: txn.sender.clone(),
+        recipients: txn
+            .recipients
+            .iter()
+            .map(|r| Recipient {
+                addr: r.clone(),
+                orig: None,
+                state: RcptState::Pending,
+                reply: None,
+            })
+            .collect(),
+        client: peer.ip.to_string(),
+        helo: session.helo().to_string(),
+        arrival: message::now(),
+        auth_user: session.user().map(str::to_string),
+        eight_bit: session::declared_8bit(&txn.params),
+        smtputf8: txn.params.smtputf8,
+        attempts: 0,
+        next_attempt: 0,
+        last_error: None,
+        bounced: false,
+    };
+    // Refuse before 354 when the spool cannot take the message: the client then
+    // does not send data we would have to throw away.
+    let mut incoming = match shared.spool.begin(&env) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            log::warn!("{}: spool refused a new message: {e}", peer.tag);
+            let r = session.data_finished(DataOutcome::StorageFailed);
+            log_refusal(peer, "DATA", &Action::Reply(r.clone()));
+            conn.push(&r);
+            return Ok(false);
+        }
+    };
+    conn.push(&start);
+    let tls_info = conn.stream.as_ref().and_then(|s| s.tls_info());
+    let id = incoming
+        .as_ref()
+        .map(|i| i.id().to_string())
+        .unwrap_or_default();
+    let header = message::received_header(&Trace {
+        helo: session.helo(),
+        client: &env.client,
+        hostname: &cfg.server.hostname,
+        protocol: session.protocol(),
+        tls: tls_info.as_deref(),
+        id: &id,
+        recipient: (txn.recipients.len() == 1).then(|| txn.recipients[0].as_str()),
+        time: env.arrival,
+    });
+    let mut write_failed = write_spool(&mut incoming, header.as_bytes(), peer);
+    conn.set_timeout(cfg.server.data_timeout);
+    let mut reader = DataReader::new(cfg.server.max_message_size);
+    let mut chunk = Vec::with_capacity(READ_CHUNK + 64);
+    loop {
+        let (used, done) = reader.feed(conn.pending(), &mut chunk);
+        conn.pos += used;
+        if !chunk.is_empty() {
+            if !write_failed && !reader.exceeded() {
+                write_failed = write_spool(&mut incoming, &chunk, peer);
+            }
+            chunk.clear();
+        }
+        if done {
+            break;
+        }
+        if let Err(end) = conn.fill() {
+            // Incomplete data: the tmp file goes with `incoming` (nothing half-queued).
+            log::info!(
+                "{}: connection lost during DATA, message discarded",
+                peer.tag
+            );
+            return Err(end);
+        }
+    }
+    conn.set_timeout(cfg.server.command_timeout);
+    if reader.bare_newlines() > 0 {
+        log::info!(
+            "{}: normalised {} bare CR/LF in the message",
+            peer.tag,
+            reader.bare_newlines()
+        );
+    }
+    let outcome = if reader.exceeded() {
+        DataOutcome::TooBig
+    } else if reader.received_headers() > MAX_RECEIVED {
+        DataOutcome::Loop
+    } else if write_failed {
+        DataOutcome::StorageFailed
+    } else {
+        match incoming.take().map(|i| i.commit()) {
+            Some(Ok(id)) => DataOutcome::Queued(id),
+            Some(Err(e)) => {
+                log::error!("{}: could not commit the message: {e}", peer.tag);
+                DataOutcome::StorageFailed
+            }
+            None => DataOutcome::StorageFailed,
+        }
+    };
+    drop(incoming);
+    let queued = match &outcome {
+        DataOutcome::Queued(id) => {
+            log::info!(
+                "{}: accepted {id} from=<{}> rcpt={} size={}",
+                peer.tag,
+                txn.sender,
+                txn.recipients.len(),
+                reader.size()
+            );
+            (shared.on_queued)(id);
+            true
+        }
+        _ => false,
+    };
+    let r = session.data_finished(outcome);
+    log_refusal(peer, "DATA", &Action::Reply(r.clone()));
+    conn.push(&r);
+    Ok(queued)
+}
+
+/// write_spool appends to the message file; returns true when it failed (the
+/// message will be answered 452 once its data has been read).
+fn write_spool(incoming: &mut Option<crate::spool::Incoming>, buf: &[u8], peer: &Peer) -> bool {
+    let Some(i) = incoming.as_mut() else {
+        return true;
+    };
+    match i.write_all(buf) {
+        Ok(()) => false,
+        Err(e) => {
+            log::error!("{}: writing the message to the spool failed: {e}", peer.tag);
+            *incoming = None;
+            true
+        }
+    }
+}

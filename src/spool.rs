@@ -1,0 +1,1456 @@
+//! The maildir-style durable queue: one file per message (envelope + message), written under tmp/, fsynced, renamed into queue/.
+//!
+//! Layout under `queue.dir`: `tmp/` (messages being written), `queue/` (committed messages, one file named by
+//! its id), `corrupt/` (files `scan` could not parse, kept for a human to inspect).
+//!
+//! File format (version 1):
+//! ```text
+//! picorelay-spool 1
+//! id: 0005f3c2a1b2c3000004d200000007
+//! sender: alice@example.com
+//! client: 192.0.2.7
+//! helo: mx.example.com
+//! arrival: 1700000000
+//! auth-user: alice                      (only when set)
+//! eight-bit: no
+//! smtputf8: no
+//! attempts: 0
+//! next-attempt: 0
+//! last-error: 451 4.3.0 try later       (only when set)
+//! bounced: no
+//! rcpt: pending to=bob@example.com orig=root reply=250%202.1.5%20ok   (one per recipient, in order)
+//!
+//! <message bytes exactly as received, CRLF>
+//! ```
+//! Header lines end in LF. Values are percent-encoded (`%`, control characters and, inside `rcpt:` tokens,
+//! spaces) so no value can contain CR or LF; UTF-8 is kept as is so `queue show` stays readable.
+//! `orig=` and `reply=` are present only when set.
+//!
+//! Usage accounting (`usage()`) is per process: commits made by another process (`picorelay sendmail`)
+//! are counted when this process next calls `scan`.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// First line of every spool file; the number is the format version.
+const MAGIC: &str = "picorelay-spool";
+/// The only format version this build reads and writes.
+const VERSION: u32 = 1;
+/// Largest envelope header accepted, blank line included. Bounds memory when reading a hostile or broken file;
+/// the writer enforces it too, so anything written can be read back.
+pub const MAX_HEADER: usize = 1024 * 1024;
+/// Most recipients accepted in one envelope (far above server.max_recipients' default of 100;
+/// RFC 5321 4.5.3.1.8 only requires 100). Enforced by writer and parser alike.
+pub const MAX_RECIPIENTS: usize = 10_000;
+/// `reply` and `last_error` are informational: longer texts are cut (at a char boundary) when written.
+pub const MAX_TEXT: usize = 2000;
+/// Longest id `valid_id` accepts (ours are 30 characters).
+const MAX_ID: usize = 64;
+/// Files in tmp/ untouched for this long are leftovers of a crash (as maildir does: 36 hours). Younger ones
+/// may belong to another process writing into the same spool (`picorelay sendmail`) and are left alone.
+pub const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+/// Buffer size for writing a message.
+const WRITE_BUF: usize = 64 * 1024;
+/// Directories are created 0750, files 0640 (the umask may narrow both).
+const DIR_MODE: u32 = 0o750;
+const FILE_MODE: u32 = 0o640;
+
+/// Delivery state of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptState {
+    /// Not delivered yet (maybe after transient failures).
+    Pending,
+    /// Accepted by the smarthost.
+    Delivered,
+    /// Refused permanently or expired.
+    Failed,
+}
+
+impl RcptState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::Delivered => "delivered",
+            RcptState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RcptState> {
+        match s {
+            "pending" => Some(RcptState::Pending),
+            "delivered" => Some(RcptState::Delivered),
+            "failed" => Some(RcptState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One envelope recipient with its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// Address to deliver to, `local@domain`.
+    pub addr: String,
+    /// The address as received, before alias rewriting.
+    pub orig: Option<String>,
+    /// Delivery state.
+    pub state: RcptState,
+    /// Last smarthost reply or failure reason.
+    pub reply: Option<String>,
+}
+
+/// Everything known about a queued message besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Filled by the spool on commit/read; ignored by `begin`.
+    pub id: String,
+    /// Envelope sender, "" = null sender.
+    pub sender: String,
+    /// Recipients, in the order given.
+    pub recipients: Vec<Recipient>,
+    /// "192.0.2.7" or "local" (sendmail).
+    pub client: String,
+    /// EHLO/HELO name given by the client.
+    pub helo: String,
+    /// Unix seconds.
+    pub arrival: u64,
+    /// AUTH identity, when the client authenticated.
+    pub auth_user: Option<String>,
+    /// The message has 8-bit content.
+    pub eight_bit: bool,
+    /// The message needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Unix seconds; 0 = now.
+    pub next_attempt: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// This message is itself a bounce (never bounce a bounce).
+    pub bounced: bool,
+}
+
+/// Everything that can go wrong in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolError {
+    /// The spool holds `queue.max_size` bytes or more.
+    Full,
+    /// The disk (or the user's quota) is full: ENOSPC / EDQUOT.
+    NoSpace,
+    /// Any other I/O problem: what failed and on which path.
+    Io(String),
+    /// No queued message with this id.
+    NotFound(String),
+    /// The id is not a valid message id (could name a path).
+    BadId(String),
+    /// A spool file could not be parsed: why.
+    Corrupt(String),
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Full => write!(
+                f,
+                "spool full: queue.max_size reached; let the queue drain, delete messages or raise max_size"
+            ),
+            SpoolError::NoSpace => write!(f, "no space left on the spool's disk; free some space"),
+            SpoolError::Io(what) => write!(f, "{what}"),
+            SpoolError::NotFound(id) => write!(f, "no queued message with id {id}"),
+            SpoolError::BadId(id) => {
+                write!(f, "invalid message id {id:?}: ids are letters and digits only")
+            }
+            SpoolError::Corrupt(why) => write!(f, "corrupt spool file: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+/// Maps an I/O error to NoSpace (ENOSPC, EDQUOT) or Io naming what failed and where.
+fn io_err(e: &io::Error, what: &str, path: &Path) -> SpoolError {
+    match e.raw_os_error() {
+        Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => SpoolError::NoSpace,
+        _ => SpoolError::Io(format!("{what} {}: {e}", path.display())),
+    }
+}
+
+/// True for a well-formed message id: 1 to 64 ASCII letters or digits, so an id can never name a path
+/// ("", "..", "a/b" are all invalid). Check every id that comes from a user with it.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
+static ID_LAST_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// new_id returns a fresh id: 14 hex digits of unix microseconds, 8 of the pid, 8 of a per-process counter.
+/// Fixed width, so string order is arrival order; the pid makes ids unique across processes sharing the spool.
+fn new_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+        & 0x00FF_FFFF_FFFF_FFFF;
+    // Never step back within this process, so ids stay ordered even if the clock is set back.
+    let micros = ID_LAST_MICROS.fetch_max(now, Ordering::SeqCst).max(now);
+    let n = ID_COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{micros:014x}{:08x}{n:08x}", std::process::id())
+}
+
+/// Percent-encodes `%`, control characters (CR and LF among them) and, when `space` is set, spaces.
+fn escape(s: &str, space: bool, out: &mut String) {
+    for c in s.chars() {
+        if c == '%' || c.is_control() || (space && c == ' ') {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Reverses `escape`; None on a malformed escape or when the result is not UTF-8.
+fn unescape(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Cuts `s` to at most MAX_TEXT bytes at a char boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_TEXT {
+        return s;
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Parses a decimal number strictly (digits only, no sign, no spaces).
+fn parse_num<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Serialises the envelope header (magic line through the blank line) for `env`, with `env.id` as id.
+/// `reply` and `last_error` are cut to MAX_TEXT. Fails when the envelope exceeds MAX_RECIPIENTS or
+/// MAX_HEADER, so nothing is ever written that `parse_header` would refuse.
+pub fn format_header(env: &Envelope) -> Result<Vec<u8>, SpoolError> {
+    if env.recipients.len() > MAX_RECIPIENTS {
+        return Err(SpoolError::Io(format!(
+            "envelope has {} recipients, the spool stores at most {MAX_RECIPIENTS}",
+            env.recipients.len()
+        )));
+    }
+    let mut s = format!("{MAGIC} {VERSION}\n");
+    let mut line = |key: &str, value: &str| {
+        s.push_str(key);
+        s.push_str(": ");
+        escape(value, false, &mut s);
+        s.push('\n');
+    };
+    line("id", &env.id);
+    line("sender", &env.sender);
+    line("client", &env.client);
+    line("helo", &env.helo);
+    line("arrival", &env.arrival.to_string());
+    if let Some(user) = &env.auth_user {
+        line("auth-user", user);
+    }
+    line("eight-bit", yes_no(env.eight_bit));
+    line("smtputf8", yes_no(env.smtputf8));
+    line("attempts", &env.attempts.to_string());
+    line("next-attempt", &env.next_attempt.to_string());
+    if let Some(err) = &env.last_error {
+        line("last-error", clip(err));
+    }
+    line("bounced", yes_no(env.bounced));
+    for r in &env.recipients {
+        s.push_str("rcpt: ");
+        s.push_str(r.state.as_str());
+        s.push_str(" to=");
+        escape(&r.addr, true, &mut s);
+        if let Some(orig) = &r.orig {
+            s.push_str(" orig=");
+            escape(orig, true, &mut s);
+        }
+        if let Some(reply) = &r.reply {
+            s.push_str(" reply=");
+            escape(clip(reply), true, &mut s);
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+    if s.len() > MAX_HEADER {
+        return Err(SpoolError::Io(format!(
+            "envelope of {} bytes is larger than the spool's limit of {MAX_HEADER}",
+            s.len()
+        )));
+    }
+    Ok(s.into_bytes())
+}
+
+/// Parses one `rcpt:` value: "STATE to=ADDR [orig=X] [reply=Y]".
+fn parse_rcpt(value: &str) -> Result<Recipient, String> {
+    let mut tokens = value.split(' ');
+    let state = tokens
+        .next()
+        .and_then(RcptState::parse)
+        .ok_or("rcpt: unknown state")?;
+    let (mut addr, mut orig, mut reply) = (None, None, None);
+    for token in tokens {
+        let (key, raw) = token.split_once('=').ok_or("rcpt: token without '='")?;
+        let slot = match key {
+            "to" => &mut addr,
+            "orig" => &mut orig,
+            "reply" => &mut reply,
+            _ => return Err(format!("rcpt: unknown field {:?}", clip(key))),
+        };
+        if slot.is_some() {
+            return Err(format!("rcpt: duplicate field {key}"));
+        }
+        *slot = Some(unescape(raw).ok_or("rcpt: bad escape")?);
+    }
+    Ok(Recipient {
+        addr: addr.ok_or("rcpt: missing to=")?,
+        orig,
+        state,
+        reply,
+    })
+}
+
+/// Parses an envelope header from the start of a spool file (`data` may hold the whole file or just a
+/// prefix). Returns the envelope and the offset of the first message byte. Never panics, whatever the bytes;
+/// refuses unknown format versions, unknown or duplicate keys, headers over MAX_HEADER and more than
+/// MAX_RECIPIENTS recipients.
+pub fn parse_header(data: &[u8]) -> Result<(Envelope, usize), SpoolError> {
+    parse_header_inner(data).map_err(SpoolError::Corrupt)
+}
+
+fn parse_header_inner(data: &[u8]) -> Result<(Envelope, usize), String> {
+    let data = &data[..data.len().min(MAX_HEADER)];
+    let mut pos = 0;
+    let mut next_line = || -> Result<&str, String> {
+        let rest = &data[pos..];
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(format!("no end of envelope within {MAX_HEADER} bytes"))?;
+        pos += nl + 1;
+        let line = std::str::from_utf8(&rest[..nl]).map_err(|_| "envelope is not UTF-8")?;
+        if line.chars().any(char::is_control) {
+            return Err("control character in envelope".to_string());
+        }
+        Ok(line)
+    };
+
+    let first = next_line()?;
+    let version = first
+        .strip_prefix(MAGIC)
+        .and_then(|v| v.strip_prefix(' '))
+        .ok_or("not a picorelay spool file")?;
+    if parse_num::<u32>(version) != Some(VERSION) {
+        return Err(format!("unsupported format version {:?}", clip(version)));
+    }
+
+    let mut id = None;
+    let mut sender = None;
+    let mut client = None;
+    let mut helo = None;
+    let mut arrival = None;
+    let mut auth_user = None;
+    let mut eight_bit = None;
+    let mut smtputf8 = None;
+    let mut attempts = None;
+    let mut next_attempt = None;
+    let mut last_error = None;
+    let mut bounced = None;
+    let mut recipients = Vec::new();
+    loop {
+        let line = next_line()?;
+        if line.is_empty() {
+            break;
+        }
+        let (key, value) = line.split_once(':').ok_or("envelope line without ':'")?;
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        if key == "rcpt" {
+            if recipients.len() >= MAX_RECIPIENTS {
+                return Err(format!("more than {MAX_RECIPIENTS} recipients"));
+            }
+            recipients.push(parse_rcpt(value)?);
+            continue;
+        }
+        let bad = || format!("bad value for {key}");
+        fn set<T>(slot: &mut Option<T>, v: T, key: &str) -> Result<(), String> {
+            if slot.is_some() {
+                return Err(format!("duplicate key {key}"));
+            }
+            *slot = Some(v);
+            Ok(())
+        }
+        match key {
+            "id" => set(&mut id, unescape(value).ok_or_else(bad)?, key)?,
+            "sender" => set(&mut sender, unescape(value).ok_or_else(bad)?, key)?,
+            "client" => set(&mut client, unescape(value).ok_or_else(bad)?, key)?,
+            "helo" => set(&mut helo, unescape(value).ok_or_else(bad)?, key)?,
+            "auth-user" => set(&mut auth_user, unescape(value).ok_or_else(bad)?, key)?,
+            "last-error" => set(&mut last_error, unescape(value).ok_or_else(bad)?, key)?,
+            "arrival" => set(&mut arrival, parse_num(value).ok_or_else(bad)?, key)?,
+            "attempts" => set(&mut attempts, parse_num(value).ok_or_else(bad)?, key)?,
+            "next-attempt" => set(&mut next_attempt, parse_num(value).ok_or_else(bad)?, key)?,
+            "eight-bit" => set(&mut eight_bit, parse_bool(value).ok_or_else(bad)?, key)?,
+            "smtputf8" => set(&mut smtputf8, parse_bool(value).ok_or_else(bad)?, key)?,
+            "bounced" => set(&mut bounced, parse_bool(value).ok_or_else(bad)?, key)?,
+            _ => return Err(format!("unknown key {:?}", clip(key))),
+        }
+    }
+    let missing = |key: &str| format!("missing key {key}");
+    let env = Envelope {
+        id: id.ok_or_else(|| missing("id"))?,
+        sender: sender.ok_or_else(|| missing("sender"))?,
+        recipients,
+        client: client.ok_or_else(|| missing("client"))?,
+        helo: helo.ok_or_else(|| missing("helo"))?,
+        arrival: arrival.ok_or_else(|| missing("arrival"))?,
+        auth_user,
+        eight_bit: eight_bit.ok_or_else(|| missing("eight-bit"))?,
+        smtputf8: smtputf8.ok_or_else(|| missing("smtputf8"))?,
+        attempts: attempts.ok_or_else(|| missing("attempts"))?,
+        next_attempt: next_attempt.ok_or_else(|| missing("next-attempt"))?,
+        last_error,
+        bounced: bounced.ok_or_else(|| missing("bounced"))?,
+    };
+    Ok((env, pos))
+}
+
+/// Reads the header of an open spool file (at most MAX_HEADER bytes, line by line) and parses it.
+/// The reader is left at the first message byte. Returns the envelope and the header length.
+fn read_header(reader: &mut BufReader<File>, path: &Path) -> Result<(Envelope, u64), SpoolError> {
+    let mut buf = Vec::new();
+    loop {
+        let room = (MAX_HEADER - buf.len()) as u64;
+        let n = reader
+            .by_ref()
+            .take(room)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| io_err(&e, "cannot read", path))?;
+        let line_start = buf.len() - n;
+        if n == 0 || buf.len() >= MAX_HEADER || &buf[line_start..] == b"\n" {
+            break;
+        }
+    }
+    let (env, len) = parse_header(&buf)
+        .map_err(|e| SpoolError::Corrupt(format!("{}: {}", path.display(), inner(&e))))?;
+    Ok((env, len as u64))
+}
+
+/// The reason text of a Corrupt error (to re-wrap it with a path).
+fn inner(e: &SpoolError) -> String {
+    match e {
+        SpoolError::Corrupt(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Creates `dir` (0750) when missing; true when it was created.
+fn ensure_dir(dir: &Path) -> Result<bool, SpoolError> {
+    match DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(io_err(&e, "cannot create directory", dir)),
+    }
+}
+
+/// fsyncs a directory so a rename or unlink in it survives a crash.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(&e, "cannot fsync directory", dir))
+}
+
+/// Creates a new file exclusively (O_EXCL), mode 0640.
+fn create_new(path: &Path) -> Result<File, SpoolError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| io_err(&e, "cannot create", path))
+}
+
+/// Subtracts from the usage counter without wrapping below zero.
+fn usage_sub(usage: &AtomicU64, n: u64) {
+    let _ = usage.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+        Some(u.saturating_sub(n))
+    });
+}
+
+/// The durable queue. Send + Sync: share it through an Arc.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    tmp: PathBuf,
+    queue: PathBuf,
+    corrupt: PathBuf,
+    max_size: u64,
+    usage: Arc<AtomicU64>,
+}
+
+impl Spool {
+    /// Opens (creating when missing) the spool; removes tmp/ leftovers older than TMP_MAX_AGE (younger ones may
+    /// be another process's message in progress); computes current usage. `max_size` 0 = no limit.
+    pub fn open(dir: &Path, max_size: u64) -> Result<Spool, SpoolError> {
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            tmp: dir.join("tmp"),
+            queue: dir.join("queue"),
+            corrupt: dir.join("corrupt"),
+            max_size,
+            usage: Arc::new(AtomicU64::new(0)),
+        };
+        let mut created = ensure_dir(dir)?;
+        for sub in [&spool.tmp, &spool.queue, &spool.corrupt] {
+            created |= ensure_dir(sub)?;
+        }
+        if created {
+            sync_dir(dir)?;
+        }
+        spool.clean_tmp(TMP_MAX_AGE)?;
+        spool.usage.store(spool.queued_size()?, Ordering::SeqCst);
+        Ok(spool)
+    }
+
+    /// The spool's top directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of queued message files, as this process last knew them (begin refuses new mail past max_size).
+    /// Approximate by design: `scan` recounts from disk, so commits by other processes (or racing a scan)
+    /// are reflected after the next scan.
+    pub fn usage(&self) -> u64 {
+        self.usage.load(Ordering::SeqCst)
+    }
+
+    /// Removes files in tmp/ not modified for `max_age` (crash leftovers); returns how many. Called by `open`;
+    /// a long-running relay may call it now and then.
+    pub fn clean_tmp(&self, max_age: Duration) -> Result<usize, SpoolError> {
+        let entries = fs::read_dir(&self.tmp).map_err(|e| io_err(&e, "cannot list", &self.tmp))?;
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&e, "cannot list", &self.tmp))?;
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or(Duration::ZERO);
+            if meta.is_file() && age >= max_age {
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        log::info!("spool: removed leftover {}", path.display());
+                        removed += 1;
+                    }
+                    Err(e) => log::warn!("spool: cannot remove leftover {}: {e}", path.display()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Sum of the sizes of the message files in queue/.
+    fn queued_size(&self) -> Result<u64, SpoolError> {
+        let mut total = 0u64;
+        for (_, path) in self.queued_ids()? {
+            if let Ok(meta) = fs::metadata(&path) {
+                total = total.saturating_add(meta.len());
+            }
+        }
+        Ok(total)
+    }
+
+    /// Ids (file names that are valid ids) and paths in queue/, sorted by id.
+    fn queued_ids(&self) -> Result<Vec<(String, PathBuf)>, SpoolError> {
+        let entries =
+            fs::read_dir(&self.queue).map_err(|e| io_err(&e, "cannot list", &self.queue))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&e, "cannot list", &self.queue))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if valid_id(name) {
+                    ids.push((name.to_string(), entry.path()));
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The path of a queued message, after checking the id cannot name anything else.
+    fn queue_path(&self, id: &str) -> Result<PathBuf, SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId(id.to_string()));
+        }
+        Ok(self.queue.join(id))
+    }
+
+    /// Opens queue/ID; NotFound when there is no such message.
+    fn open_queued(&self, id: &str) -> Result<(File, PathBuf), SpoolError> {
+        let path = self.queue_path(id)?;
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SpoolError::NotFound(id.to_string()))
+            }
+            Err(e) => Err(io_err(&e, "cannot open", &path)),
+        }
+    }
+
+    /// A fresh id and tmp/ path that collide with nothing in tmp/ or queue/ (rename would overwrite).
+    fn fresh(&self) -> Result<(String, PathBuf, File), SpoolError> {
+        loop {
+            let id = new_id();
+            if self.queue.join(&id).exists() {
+                continue;
+            }
+            let path = self.tmp.join(&id);
+            match create_new(&path) {
+                Ok(f) => return Ok((id, path, f)),
+                Err(_) if path.exists() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts a new message: the envelope header is written to a fresh file under tmp/. Fails with Full when
+    /// usage >= max_size (then nothing is written). `env.id` is ignored: the spool assigns the id.
+    pub fn begin(&self, env: &Envelope) -> Result<Incoming, SpoolError> {
+        if self.max_size > 0 && self.usage() >= self.max_size {
+            return Err(SpoolError::Full);
+        }
+        let (id, path, file) = self.fresh()?;
+        let mut incoming = Incoming {
+            id,
+            tmp: Some(path),
+            queue: self.queue.clone(),
+            writer: Some(BufWriter::with_capacity(WRITE_BUF, file)),
+            usage: Arc::clone(&self.usage),
+        };
+        let header = format_header(&Envelope {
+            id: incoming.id.clone(),
+            ..env.clone()
+        });
+        match header {
+            Ok(header) => incoming.write_all(&header)?,
+            Err(e) => {
+                incoming.discard();
+                return Err(e);
+            }
+        }
+        Ok(incoming)
+    }
+
+    /// All queued messages, oldest first. Unparseable files are moved to corrupt/ with a log::warn! and skipped;
+    /// names that are not ids are skipped. Recomputes usage.
+    pub fn scan(&self) -> Result<Vec<Envelope>, SpoolError> {
+        let mut envelopes = Vec::new();
+        let mut total = 0u64;
+        for (id, path) in self.queued_ids()? {
+            match self.read_with_size(&id) {
+                Ok((env, size)) => {
+                    total = total.saturating_add(size);
+                    envelopes.push(env);
+                }
+                Err(SpoolError::NotFound(_)) => {} // delivered or deleted meanwhile
+                Err(SpoolError::Corrupt(why)) => self.quarantine(&id, &path, &why),
+                Err(e) => log::warn!("spool: skipping {id}: {e}"),
+            }
+        }
+        self.usage.store(total, Ordering::SeqCst);
+        Ok(envelopes)
+    }
+
+    /// Moves an unparseable file to corrupt/ (never overwriting an earlier one) and logs it.
+    fn quarantine(&self, id: &str, path: &Path, why: &str) {
+        let mut dest = self.corrupt.join(id);
+        let mut n = 1;
+        while dest.exists() {
+            dest = self.corrupt.join(format!("{id}.{n}"));
+            n += 1;
+        }
+        match fs::rename(path, &dest) {
+            Ok(()) => {
+                log::warn!("spool: {why}; moved to {} for inspection", dest.display());
+                let _ = sync_dir(&self.corrupt);
+                let _ = sync_dir(&self.queue);
+            }
+            Err(e) => log::warn!(
+                "spool: {why}; cannot move it to {}: {e}",
+                self.corrupt.display()
+            ),
+        }
+    }
+
+    /// The envelope of message `id` and its file size.
+    fn read_with_size(&self, id: &str) -> Result<(Envelope, u64), SpoolError> {
+        let (file, path) = self.open_queued(id)?;
+        let size = file
+            .metadata()
+            .map_err(|e| io_err(&e, "cannot stat", &path))?
+            .len();
+        let (mut env, _) = read_header(&mut BufReader::new(file), &path)?;
+        // The file name is authoritative (a file may have been copied in under another name).
+        env.id = id.to_string();
+        Ok((env, size))
+    }
+
+    /// The envelope of message `id`. BadId for a malformed id, NotFound when not queued.
+    pub fn read(&self, id: &str) -> Result<Envelope, SpoolError> {
+        self.read_with_size(id).map(|(env, _)| env)
+    }
+
+    /// The envelope and a reader positioned at the first byte of the message, and the message size.
+    pub fn open_message(&self, id: &str) -> Result<(Envelope, BufReader<File>, u64), SpoolError> {
+        let (file, path) = self.open_queued(id)?;
+        let size = file
+            .metadata()
+            .map_err(|e| io_err(&e, "cannot stat", &path))?
+            .len();
+        let mut reader = BufReader::new(file);
+        let (mut env, header_len) = read_header(&mut reader, &path)?;
+        env.id = id.to_string();
+        Ok((env, reader, size.saturating_sub(header_len)))
+    }
+
+    /// Atomically replaces the envelope of message `env.id`: a new tmp file with the new envelope and the same
+    /// message bytes (streamed), fsync, rename over queue/ID, fsync queue/. NotFound when the message was deleted
+    /// meanwhile: it is not resurrected and nothing is left behind. (A delete landing between the final check
+    /// and the rename cannot be excluded without locks; it would bring the message back, never lose one.)
+    pub fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
+        let (old, path) = self.open_queued(&env.id)?;
+        let old_size = old
+            .metadata()
+            .map_err(|e| io_err(&e, "cannot stat", &path))?
+            .len();
+        let mut reader = BufReader::new(old);
+        let (_, header_len) = read_header(&mut reader, &path)?;
+        let header = format_header(env)?;
+
+        let (_, tmp, file) = self.fresh()?;
+        let result = (|| {
+            let mut w = BufWriter::with_capacity(WRITE_BUF, file);
+            w.write_all(&header)
+                .map_err(|e| io_err(&e, "cannot write", &tmp))?;
+            let copied =
+                io::copy(&mut reader, &mut w).map_err(|e| io_err(&e, "cannot copy", &path))?;
+            if copied != old_size - header_len {
+                return Err(SpoolError::Io(format!(
+                    "{} changed size while being rewritten",
+                    path.display()
+                )));
+            }
+            let file = w
+                .into_inner()
+                .map_err(|e| io_err(e.error(), "cannot write", &tmp))?;
+            file.sync_all()
+                .map_err(|e| io_err(&e, "cannot fsync", &tmp))?;
+            let new_size = file
+                .metadata()
+                .map_err(|e| io_err(&e, "cannot stat", &tmp))?
+                .len();
+            // Deleted meanwhile (queue delete from another process)? Then the old inode has no link left.
+            let linked = reader
+                .get_ref()
+                .metadata()
+                .map_err(|e| io_err(&e, "cannot stat", &path))?
+                .nlink();
+            if linked == 0 || !path.exists() {
+                return Err(SpoolError::NotFound(env.id.clone()));
+            }
+            fs::rename(&tmp, &path).map_err(|e| io_err(&e, "cannot rename into", &path))?;
+            Ok(new_size)
+        })();
+        match result {
+            Ok(new_size) => {
+                if new_size >= old_size {
+                    self.usage.fetch_add(new_size - old_size, Ordering::SeqCst);
+                } else {
+                    usage_sub(&self.usage, old_size - new_size);
+                }
+                sync_dir(&self.queue)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes message `id` from the queue. BadId for a malformed id, NotFound when not queued.
+    pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+        let path = self.queue_path(id)?;
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                usage_sub(&self.usage, size);
+                // So a delivered message does not come back (and go out twice) after a crash.
+                sync_dir(&self.queue)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SpoolError::NotFound(id.to_string()))
+            }
+            Err(e) => Err(io_err(&e, "cannot delete", &path)),
+        }
+    }
+}
+
+/// A message being written under tmp/. Removes its tmp file on any error and on Drop unless committed.
+#[derive(Debug)]
+pub struct Incoming {
+    id: String,
+    /// None once committed or discarded.
+    tmp: Option<PathBuf>,
+    queue: PathBuf,
+    writer: Option<BufWriter<File>>,
+    usage: Arc<AtomicU64>,
+}
+
+impl Incoming {
+    /// The id the message will have once committed.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Closes and removes the tmp file; later writes and commit fail.
+    fn discard(&mut self) {
+        self.writer = None;
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+
+    /// The tmp path, or an error when an earlier failure already discarded the message.
+    fn tmp_path(&self) -> Result<PathBuf, SpoolError> {
+        self.tmp.clone().ok_or_else(|| {
+            SpoolError::Io(format!("message {} was discarded after an error", self.id))
+        })
+    }
+
+    /// Appends message bytes (buffered, 64K). On error the tmp file is removed.
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
+        let tmp = self.tmp_path()?;
+        let result = match self.writer.as_mut() {
+            Some(w) => w
+                .write_all(buf)
+                .map_err(|e| io_err(&e, "cannot write", &tmp)),
+            None => Err(SpoolError::Io(format!("{} is closed", tmp.display()))),
+        };
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    /// flush, fsync file, rename tmp/ID -> queue/ID, fsync queue/. Only after Ok may the client get 250.
+    /// Returns the id.
+    pub fn commit(mut self) -> Result<String, SpoolError> {
+        let result = self.finish();
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    fn finish(&mut self) -> Result<String, SpoolError> {
+        let tmp = self.tmp_path()?;
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| SpoolError::Io(format!("{} is closed", tmp.display())))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_err(e.error(), "cannot write", &tmp))?;
+        file.sync_all()
+            .map_err(|e| io_err(&e, "cannot fsync", &tmp))?;
+        let size = file
+            .metadata()
+            .map_err(|e| io_err(&e, "cannot stat", &tmp))?
+            .len();
+        drop(file);
+        let dest = self.queue.join(&self.id);
+        fs::rename(&tmp, &dest).map_err(|e| io_err(&e, "cannot rename into", &dest))?;
+        if let Err(e) = sync_dir(&self.queue) {
+            // Not durable, so the client must not get 250: take the message back out (it will retry)
+            // rather than deliver one the client also resends.
+            let _ = fs::remove_file(&dest);
+            return Err(e);
+        }
+        self.tmp = None;
+        self.usage.fetch_add(size, Ordering::SeqCst);
+        Ok(self.id.clone())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "picorelay-spool-{}-{name}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn env() -> Envelope {
+        Envelope {
+            id: String::new(),
+            sender: "alice@example.com".into(),
+            recipients: vec![Recipient {
+                addr: "bob@example.org".into(),
+                orig: None,
+                state: RcptState::Pending,
+                reply: None,
+            }],
+            client: "192.0.2.7".into(),
+            helo: "mx.example.com".into(),
+            arrival: 1_700_000_000,
+            auth_user: None,
+            eight_bit: false,
+            smtputf8: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+            bounced: false,
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn queue_one(spool: &Spool, e: &Envelope, body: &[u8]) -> String {
+        let mut inc = spool.begin(e).unwrap();
+        inc.write_all(body).unwrap();
+        inc.commit().unwrap()
+    }
+
+    #[test]
+    fn envelope_round_trip_odd_values() {
+        let odd = [
+            "",
+            "\"john smith\"@example.com",
+            "jörg@bücher.example",
+            "100% done\r\nRCPT TO:<evil@x>",
+            "a: b: c",
+            " leading and trailing ",
+            "tab\there\u{1b}[31m\u{7f}\u{85}",
+            "rcpt: pending to=x",
+            "%41%",
+            "k=v=w",
+        ];
+        for (i, s) in odd.iter().enumerate() {
+            let mut e = env();
+            e.id = format!("id{i}");
+            e.sender = s.to_string();
+            e.client = s.to_string();
+            e.helo = s.to_string();
+            e.auth_user = Some(s.to_string());
+            e.last_error = Some(s.to_string());
+            e.recipients = vec![
+                Recipient {
+                    addr: s.to_string(),
+                    orig: Some(s.to_string()),
+                    state: RcptState::Failed,
+                    reply: Some(s.to_string()),
+                },
+                Recipient {
+                    addr: "x@y".into(),
+                    orig: None,
+                    state: RcptState::Delivered,
+                    reply: None,
+                },
+            ];
+            e.eight_bit = i % 2 == 0;
+            e.smtputf8 = i % 3 == 0;
+            e.bounced = i % 2 == 1;
+            e.attempts = u32::MAX;
+            e.next_attempt = u64::MAX;
+            e.arrival = i as u64;
+            let mut data = format_header(&e).unwrap();
+            let header_len = data.len();
+            assert!(!data[..header_len - 1].contains(&b'\r'), "{s:?}");
+            assert_eq!(
+                data.iter().filter(|&&b| b == b'\n').count(),
+                16, // magic + 12 keys + 2 rcpts + blank
+                "{s:?}"
+            );
+            data.extend_from_slice(b"Subject: x\r\n\r\nbody\r\n");
+            let (back, off) = parse_header(&data).unwrap();
+            assert_eq!(back, e, "{s:?}");
+            assert_eq!(off, header_len);
+        }
+    }
+
+    #[test]
+    fn long_texts_are_clipped_and_limits_enforced() {
+        let mut e = env();
+        e.last_error = Some("é".repeat(MAX_TEXT));
+        let (back, _) = parse_header(&format_header(&e).unwrap()).unwrap();
+        let err = back.last_error.unwrap();
+        assert!(err.len() <= MAX_TEXT && err.len() >= MAX_TEXT - 1);
+
+        let mut e = env();
+        e.recipients = vec![e.recipients[0].clone(); MAX_RECIPIENTS + 1];
+        assert!(matches!(format_header(&e), Err(SpoolError::Io(_))));
+        e.recipients.pop();
+        let data = format_header(&e).unwrap();
+        assert_eq!(
+            parse_header(&data).unwrap().0.recipients.len(),
+            MAX_RECIPIENTS
+        );
+        // Hand-made file with one recipient too many is refused by the parser too.
+        let mut text = String::from_utf8(data).unwrap();
+        text.pop();
+        text.push_str("rcpt: pending to=a@b\n\n");
+        assert!(matches!(
+            parse_header(text.as_bytes()),
+            Err(SpoolError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn parser_rejects_garbage() {
+        let good = String::from_utf8(format_header(&env()).unwrap()).unwrap();
+        let cases: Vec<(&str, String)> = vec![
+            ("empty", String::new()),
+            ("no magic", good.replacen("picorelay-spool 1", "hello", 1)),
+            (
+                "version 2",
+                good.replacen("picorelay-spool 1", "picorelay-spool 2", 1),
+            ),
+            (
+                "version +1",
+                good.replacen("picorelay-spool 1", "picorelay-spool +1", 1),
+            ),
+            (
+                "no blank line",
+                good.trim_end_matches('\n').to_string() + "\n",
+            ),
+            (
+                "unknown key",
+                good.replacen("bounced: no\n", "bounced: no\nfoo: bar\n", 1),
+            ),
+            (
+                "dup key",
+                good.replacen("bounced: no\n", "bounced: no\nbounced: no\n", 1),
+            ),
+            (
+                "missing key",
+                good.replacen("helo: mx.example.com\n", "", 1),
+            ),
+            (
+                "bad bool",
+                good.replacen("bounced: no", "bounced: maybe", 1),
+            ),
+            ("bad num", good.replacen("attempts: 0", "attempts: -1", 1)),
+            (
+                "overflow",
+                good.replacen("attempts: 0", "attempts: 4294967296", 1),
+            ),
+            ("bad escape", good.replacen("helo: mx", "helo: %G1mx", 1)),
+            (
+                "short escape",
+                good.replacen("helo: mx.example.com", "helo: x%4", 1),
+            ),
+            ("non utf8 escape", good.replacen("helo: mx", "helo: %FF", 1)),
+            ("raw CR", good.replacen("helo: mx", "helo: m\rx", 1)),
+            ("no colon", good.replacen("helo: mx", "helo mx", 1)),
+            (
+                "rcpt state",
+                good.replacen("rcpt: pending", "rcpt: done", 1),
+            ),
+            ("rcpt no to", good.replacen(" to=bob@example.org", "", 1)),
+            (
+                "rcpt dup",
+                good.replacen("to=bob@example.org", "to=a to=b", 1),
+            ),
+            (
+                "rcpt field",
+                good.replacen("to=bob@example.org", "to=a x=y", 1),
+            ),
+            (
+                "rcpt space",
+                good.replacen("to=bob@example.org", "to=a  orig=b", 1),
+            ),
+        ];
+        for (name, text) in cases {
+            assert!(
+                matches!(parse_header(text.as_bytes()), Err(SpoolError::Corrupt(_))),
+                "{name}"
+            );
+        }
+        let mut bytes = good.into_bytes();
+        bytes[20] = 0xFF;
+        assert!(parse_header(&bytes).is_err());
+    }
+
+    #[test]
+    fn parser_never_panics_on_mutations() {
+        // A cheap deterministic fuzz: every prefix, and every single-byte change, of a valid header.
+        let mut e = env();
+        e.auth_user = Some("ü%".into());
+        e.recipients[0].reply = Some("550 5.1.1 no".into());
+        let good = format_header(&e).unwrap();
+        for i in 0..=good.len() {
+            let _ = parse_header(&good[..i]);
+        }
+        for i in 0..good.len() {
+            for b in [0u8, b'\n', b'%', b' ', b':', b'=', 0x80, 0xFF, b'9'] {
+                let mut m = good.clone();
+                m[i] = b;
+                let _ = parse_header(&m);
+            }
+        }
+        let _ = parse_header(&vec![b'a'; MAX_HEADER + 10]);
+    }
+
+    #[test]
+    fn valid_ids() {
+        let long = "a".repeat(65);
+        for (id, ok) in [
+            ("0005f3c2a1b2c3000004d200000007", true),
+            ("A1", true),
+            ("", false),
+            ("..", false),
+            ("../x", false),
+            ("/etc/passwd", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a.b", false),
+            ("é", false),
+            (long.as_str(), false),
+        ] {
+            assert_eq!(valid_id(id), ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn commit_then_scan_and_read() {
+        let t = TempDir::new("commit");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        assert_eq!(spool.dir(), t.0.as_path());
+        let body = b"Subject: hi\r\n\r\nhello\r\n";
+        let id = queue_one(&spool, &env(), body);
+        assert!(valid_id(&id));
+        assert_eq!(files(&t.0.join("tmp")), Vec::<String>::new());
+        assert_eq!(files(&t.0.join("queue")), vec![id.clone()]);
+        let list = spool.scan().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0],
+            Envelope {
+                id: id.clone(),
+                ..env()
+            }
+        );
+        assert_eq!(spool.read(&id).unwrap(), list[0]);
+        let (e, mut r, size) = spool.open_message(&id).unwrap();
+        assert_eq!(e.id, id);
+        let mut msg = Vec::new();
+        r.read_to_end(&mut msg).unwrap();
+        assert_eq!(msg, body);
+        assert_eq!(size, body.len() as u64);
+        let file_len = fs::metadata(t.0.join("queue").join(&id)).unwrap().len();
+        assert_eq!(spool.usage(), file_len);
+        // A reopened spool computes the same usage.
+        assert_eq!(Spool::open(&t.0, 0).unwrap().usage(), file_len);
+    }
+
+    #[test]
+    fn tmp_leftovers_cleaned_at_open() {
+        let t = TempDir::new("leftover");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let old = t.0.join("tmp").join("crashed");
+        let f = File::create(&old).unwrap();
+        f.set_modified(SystemTime::now() - TMP_MAX_AGE - Duration::from_secs(60))
+            .unwrap();
+        drop(f);
+        let inc = spool.begin(&env()).unwrap(); // in progress: must survive
+        let young = inc.id().to_string();
+        drop(Spool::open(&t.0, 0).unwrap());
+        assert_eq!(files(&t.0.join("tmp")), vec![young]);
+        assert_eq!(spool.clean_tmp(Duration::ZERO).unwrap(), 1);
+        drop(inc);
+    }
+
+    #[test]
+    fn abort_and_drop_leave_nothing() {
+        let t = TempDir::new("drop");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let mut inc = spool.begin(&env()).unwrap();
+        inc.write_all(&vec![b'x'; 200_000]).unwrap();
+        assert_eq!(files(&t.0.join("tmp")).len(), 1);
+        drop(inc);
+        assert!(files(&t.0.join("tmp")).is_empty());
+        assert!(files(&t.0.join("queue")).is_empty());
+        assert_eq!(spool.usage(), 0);
+        // An envelope that cannot be stored leaves nothing either.
+        let mut e = env();
+        e.recipients = vec![e.recipients[0].clone(); MAX_RECIPIENTS + 1];
+        assert!(spool.begin(&e).is_err());
+        assert!(files(&t.0.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_quarantined() {
+        let t = TempDir::new("corrupt");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let good = queue_one(&spool, &env(), b"x\r\n");
+        let q = t.0.join("queue");
+        fs::write(q.join("0000bad"), b"garbage\n\nbody").unwrap();
+        fs::write(q.join("0000bad2"), b"picorelay-spool 9\n\n").unwrap();
+        fs::write(q.join("not-an-id.txt"), b"whatever").unwrap();
+        fs::write(t.0.join("corrupt").join("0000bad"), b"earlier").unwrap();
+        let list = spool.scan().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].id, good);
+        assert_eq!(files(&q), vec![good.clone(), "not-an-id.txt".to_string()]);
+        assert_eq!(
+            files(&t.0.join("corrupt")),
+            vec!["0000bad", "0000bad.1", "0000bad2"]
+        );
+        assert_eq!(
+            fs::read(t.0.join("corrupt").join("0000bad")).unwrap(),
+            b"earlier"
+        );
+        assert_eq!(spool.usage(), fs::metadata(q.join(&good)).unwrap().len());
+        assert!(matches!(
+            spool.read("0000bad"),
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn update_keeps_message_and_changes_state() {
+        let t = TempDir::new("update");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let id = queue_one(&spool, &env(), &body);
+        let mut e = spool.read(&id).unwrap();
+        e.attempts = 3;
+        e.next_attempt = 1_700_000_600;
+        e.last_error = Some("451 4.7.1 greylisted, try again\r\nlater".into());
+        e.recipients[0].state = RcptState::Delivered;
+        e.recipients[0].reply = Some("250 2.0.0 Ok: queued as ABC".into());
+        spool.update(&e).unwrap();
+        let (back, mut r, size) = spool.open_message(&id).unwrap();
+        assert_eq!(back, e);
+        let mut msg = Vec::new();
+        r.read_to_end(&mut msg).unwrap();
+        assert_eq!(msg, body);
+        assert_eq!(size, body.len() as u64);
+        assert!(files(&t.0.join("tmp")).is_empty());
+        assert_eq!(files(&t.0.join("queue")), vec![id.clone()]);
+        let len = fs::metadata(t.0.join("queue").join(&id)).unwrap().len();
+        assert_eq!(spool.usage(), len);
+    }
+
+    #[test]
+    fn update_after_delete_is_not_found_and_leaves_nothing() {
+        let t = TempDir::new("updel");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let id = queue_one(&spool, &env(), b"x\r\n");
+        let e = spool.read(&id).unwrap();
+        spool.delete(&id).unwrap();
+        assert_eq!(spool.update(&e), Err(SpoolError::NotFound(id.clone())));
+        assert!(files(&t.0.join("tmp")).is_empty());
+        assert!(files(&t.0.join("queue")).is_empty());
+        assert_eq!(spool.usage(), 0);
+    }
+
+    #[test]
+    fn unknown_and_invalid_ids() {
+        let t = TempDir::new("ids");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let e = |id: &str| Envelope {
+            id: id.into(),
+            ..env()
+        };
+        assert_eq!(
+            spool.delete("00000000000000"),
+            Err(SpoolError::NotFound("00000000000000".into()))
+        );
+        assert!(matches!(spool.read("0abc"), Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.open_message("0abc"),
+            Err(SpoolError::NotFound(_))
+        ));
+        for bad in ["", "../x", "/etc/passwd", "..", "a/../../b"] {
+            assert_eq!(spool.delete(bad), Err(SpoolError::BadId(bad.into())));
+            assert_eq!(spool.read(bad), Err(SpoolError::BadId(bad.into())));
+            assert!(matches!(spool.open_message(bad), Err(SpoolError::BadId(_))));
+            assert_eq!(spool.update(&e(bad)), Err(SpoolError::BadId(bad.into())));
+        }
+        assert_eq!(
+            SpoolError::BadId("../x".into()).to_string(),
+            "invalid message id \"../x\": ids are letters and digits only"
+        );
+    }
+
+    #[test]
+    fn max_size_refuses_with_full() {
+        let t = TempDir::new("full");
+        let spool = Spool::open(&t.0, 1000).unwrap();
+        let id = queue_one(&spool, &env(), &[b'x'; 2000]);
+        assert!(matches!(spool.begin(&env()), Err(SpoolError::Full)));
+        assert!(files(&t.0.join("tmp")).is_empty());
+        // Reopening sees the same usage; deleting frees room.
+        let spool = Spool::open(&t.0, 1000).unwrap();
+        assert!(matches!(spool.begin(&env()), Err(SpoolError::Full)));
+        spool.delete(&id).unwrap();
+        assert_eq!(spool.usage(), 0);
+        assert!(spool.begin(&env()).is_ok());
+    }
+
+    #[test]
+    fn ids_sort_in_arrival_order() {
+        let t = TempDir::new("order");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..20u64 {
+            let e = Envelope {
+                arrival: i,
+                ..env()
+            };
+            ids.push(queue_one(&spool, &e, b"x\r\n"));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert!(ids.iter().all(|id| id.len() == 30 && valid_id(id)));
+        let scanned: Vec<u64> = spool.scan().unwrap().iter().map(|e| e.arrival).collect();
+        assert_eq!(scanned, (0..20).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn concurrent_commits_get_unique_ids() {
+        let t = TempDir::new("threads");
+        let spool = Arc::new(Spool::open(&t.0, 0).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|n| {
+                let spool = Arc::clone(&spool);
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let body = format!("thread {n} msg {i}\r\n");
+                            queue_one(&spool, &env(), body.as_bytes())
+                        })
+                        .collect::<Vec<String>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 400);
+        let scanned: Vec<String> = spool.scan().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(scanned, ids);
+        let total: u64 = ids
+            .iter()
+            .map(|id| fs::metadata(t.0.join("queue").join(id)).unwrap().len())
+            .sum();
+        assert_eq!(spool.usage(), total);
+    }
+
+    #[test]
+    fn modes_are_restrictive() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TempDir::new("modes");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let id = queue_one(&spool, &env(), b"x\r\n");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.0.join("queue").join(id)) & !FILE_MODE, 0);
+        for sub in ["tmp", "queue", "corrupt"] {
+            assert_eq!(mode(&t.0.join(sub)) & !DIR_MODE, 0, "{sub}");
+        }
+    }
+}

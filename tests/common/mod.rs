@@ -1,0 +1,400 @@
+//! Test harness: runs the real picorelay binary on ephemeral loopback ports
+//! with a temp config and spool, and speaks SMTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous deadline for anything a loaded CI machine must eventually do.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_picorelay")
+}
+
+/// A unique temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "picorelay-test-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// wait_for polls `cond` until it is true or DEADLINE passes.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running relay with its config, spool and captured log.
+pub struct Relay {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The config every test starts from; `extra` is appended section by section
+/// (a later `[server]` block in extra replaces keys via `merge_ini`).
+pub fn base_ini(spool: &Path) -> String {
+    format!(
+        "[server]\nlisten = 127.0.0.1:0\nhostname = relay.test\nworkers = 4\n\n[queue]\ndir = {}\n\n[log]\nlevel = debug\n",
+        spool.display()
+    )
+}
+
+/// merge_ini overlays `extra` on `base`: keys in extra replace the same keys
+/// of the same section; new sections are appended.
+pub fn merge_ini(base: &str, extra: &str) -> String {
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for text in [base, extra] {
+        let mut cur = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+                continue;
+            }
+            if t.starts_with('[') {
+                cur = t.to_string();
+                if !sections.iter().any(|(s, _)| *s == cur) {
+                    sections.push((cur.clone(), Vec::new()));
+                }
+                continue;
+            }
+            let (k, v) = t
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .unwrap_or((t, ""));
+            let sec = &mut sections
+                .iter_mut()
+                .find(|(s, _)| *s == cur)
+                .expect("key before section")
+                .1;
+            match sec.iter_mut().find(|(kk, _)| kk == k) {
+                Some(e) => e.1 = v.to_string(),
+                None => sec.push((k.to_string(), v.to_string())),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (s, keys) in sections {
+        out.push_str(&s);
+        out.push('\n');
+        for (k, v) in keys {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Relay {
+    /// start writes the config (base + extra) and starts the relay.
+    pub fn start(extra: &str) -> Relay {
+        let dir = TempDir::new("relay");
+        let spool = dir.path().join("spool");
+        let config = dir.path().join("picorelay.ini");
+        std::fs::write(&config, merge_ini(&base_ini(&spool), extra)).unwrap();
+        let mut r = Relay {
+            dir,
+            config,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            addrs: Vec::new(),
+        };
+        r.spawn();
+        r
+    }
+
+    /// spawn starts the binary and waits until every listener is logged.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(bin())
+            .arg("-c")
+            .arg(&self.config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start picorelay");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::clone(&self.log);
+        log.lock().unwrap().clear();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        let n_listen = self.expected_listeners();
+        let mut exited = None;
+        wait_for("the relay to listen", || {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                exited = Some(st);
+                return true;
+            }
+            self.listen_lines().len() >= n_listen
+        });
+        if let Some(st) = exited {
+            panic!("relay exited at start ({st}): {}", self.log_text());
+        }
+        self.addrs = self.listen_lines();
+    }
+
+    fn expected_listeners(&self) -> usize {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let count = |key: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(key) && l.contains('='))
+                .map(|l| {
+                    l.split_once('=')
+                        .unwrap()
+                        .1
+                        .split(',')
+                        .filter(|s| !s.trim().is_empty())
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        count("listen ").max(count("listen=")) + count("listen_tls")
+    }
+
+    fn listen_lines(&self) -> Vec<SocketAddr> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.split("listening on ").nth(1))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_for(&format!("log line containing {needle:?}"), || {
+            self.log_text().contains(needle)
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// wait_exit waits for the relay to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(start.elapsed() < DEADLINE, "relay did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// cmd runs `picorelay -c CONFIG args...`.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// queue_ids lists the ids `queue list` prints.
+    pub fn queue_ids(&self) -> Vec<String> {
+        let out = self.cmd(&["queue", "list"]);
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("queue is empty"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal SMTP client that keeps raw control of what it sends.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        Client::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// read_reply reads one (possibly multi-line) reply; returns its lines.
+    pub fn read_reply(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply (got {lines:?})"
+            );
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let last = line.len() < 4 || line.as_bytes()[3] == b' ';
+            lines.push(line);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// reply reads one reply and returns its last line (code, status and text).
+    pub fn reply(&mut self) -> String {
+        self.read_reply().pop().unwrap()
+    }
+
+    pub fn send_raw(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("send");
+    }
+
+    /// cmd sends a line and returns the last line of the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// expect sends a line and asserts the reply starts with `prefix`.
+    pub fn expect(&mut self, line: &str, prefix: &str) -> String {
+        let r = self.cmd(line);
+        assert!(
+            r.starts_with(prefix),
+            "{line:?}: expected {prefix:?}, got {r:?}"
+        );
+        r
+    }
+
+    /// greet reads the banner and says EHLO.
+    pub fn greet(&mut self) -> Vec<String> {
+        let b = self.reply();
+        assert!(b.starts_with("220 "), "banner: {b}");
+        self.send_raw(b"EHLO client.test\r\n");
+        let r = self.read_reply();
+        assert!(r.last().unwrap().starts_with("250 "), "EHLO: {r:?}");
+        r
+    }
+
+    /// send_message runs one whole transaction; returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.expect(&format!("MAIL FROM:<{from}>"), "250");
+        for t in to {
+            self.expect(&format!("RCPT TO:<{t}>"), "250");
+        }
+        self.expect("DATA", "354");
+        self.send_raw(body.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.reply()
+    }
+
+    /// closed tells whether the server has closed the connection (reads EOF).
+    pub fn wait_closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// queued_id extracts the id from "250 2.0.0 Ok: queued as ID".
+pub fn queued_id(reply: &str) -> String {
+    assert!(reply.starts_with("250 2.0.0"), "not queued: {reply}");
+    reply.rsplit(' ').next().unwrap().to_string()
+}
+
+/// message builds a small RFC 5322 message with CRLF line ends.
+pub fn message(subject: &str, body: &str) -> String {
+    format!("From: a@example.com\r\nTo: b@example.com\r\nSubject: {subject}\r\n\r\n{body}")
+}
