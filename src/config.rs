@@ -1,11 +1,15 @@
 //! Reads picorelay.ini into a validated `Config`, collecting every problem as one line `FILE: [section] key: reason`.
 //!
-//! The file is split into lines by hand rather than with rust-ini: rust-ini has no line numbers,
-//! merges duplicate sections silently, joins the next line onto a value that ends in `\`
-//! (a password like `secret\` would swallow the following key) and treats `'` as a quote.
-//! The grammar we accept is small and documented in interface.md:
-//! `[section]` headers, `key = value` lines, whole-line `;`/`#` comments, inline comments after
-//! whitespace + `;`, and values in double quotes kept verbatim.
+//! The grammar we accept is small and documented in interface.md: `[section]` headers,
+//! `key = value` lines, whole-line `;`/`#` comments, inline comments after whitespace + `;`,
+//! and values in double quotes kept verbatim. Backslashes are never special.
+//!
+//! rust-ini (the `ini` crate) parses the file, with escapes off. It has no line numbers, merges
+//! duplicate sections, joins the next line onto a value that ends in `\` (a password like
+//! `secret\` would swallow the following key), ends keys at `:` and treats `'` as a quote.
+//! So a line-oriented pre-pass (`prepass`) first reports what needs line numbers (syntax,
+//! unknown and duplicate names) and cuts comments, and hands rust-ini a normalised text in which
+//! none of those quirks can trigger; `from_ini` then reads what rust-ini parsed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -371,7 +375,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let mut errors = Vec::new();
-        let raw = scan(&file, text, &mut errors);
+        let raw = read_raw(&file, text, &mut errors);
         let mut l = Loader {
             file,
             raw,
@@ -661,22 +665,64 @@ struct Line {
     value: String,
 }
 
-/// scan splits the text into sections of key/value lines, reporting syntax errors, unknown and
-/// duplicate sections and keys. Keys of skipped (unknown or repeated) sections are dropped
-/// so that one mistake gives one error.
-fn scan(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static str, Vec<Line>> {
+/// The rust-ini options we parse with. Escapes are off so that backslashes in passwords survive
+/// (`a\b` stays `a\b`); quotes are off because we handle double quotes ourselves and rust-ini
+/// would also strip single quotes, which are ordinary characters in a password.
+fn ini_options() -> ini::ParseOption {
+    ini::ParseOption {
+        enabled_escape: false,
+        enabled_quote: false,
+        ..Default::default()
+    }
+}
+
+/// read_raw parses the file into sections of key/value lines: `prepass` reports what rust-ini
+/// cannot (line numbers, duplicates, unknown names, comments) and hands it a normalised text,
+/// rust-ini parses that text, and `from_ini` reads the result.
+fn read_raw(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static str, Vec<Line>> {
+    let normalised = prepass(file, text, errors);
+    match ini::Ini::load_from_str_opt(&normalised, ini_options()) {
+        Ok(parsed) => from_ini(file, &parsed, errors),
+        Err(e) => {
+            // Unreachable with the normalised text; reported rather than trusted.
+            // The pre-pass keeps one output line per input line, so e.line is the file's line.
+            errors.push(format!("{file}: line {}: {}", e.line, e.msg));
+            BTreeMap::new()
+        }
+    }
+}
+
+/// prepass checks the file line by line and returns the text rust-ini is given: one line per
+/// input line (so line numbers agree), blank for comments and for everything reported as an
+/// error, `[section]` with the canonical name, and `key = value ` with the inline comment cut
+/// and double quotes kept (`from_ini` removes them).
+///
+/// It reports syntax errors, unknown and duplicate sections and keys, with line numbers.
+/// Keys of skipped (unknown or repeated) sections are dropped so that one mistake gives one error.
+///
+/// The normalised form neutralises rust-ini's quirks:
+/// - every value is followed by one space: rust-ini joins the next line onto a value that ends
+///   in `\` even with escapes off, but `\ ` is not special, and it trims the space away;
+/// - no inline comment and no `;`/`#` after a header reaches it (it refuses them without its
+///   `inline-comment` feature, and with it would cut `"x ;y"`);
+/// - `:` and `\` in keys are escaped with `\` (see `ini_key`): rust-ini ends a key at `:`;
+/// - a carriage return inside a value is refused here: rust-ini ends the value there.
+fn prepass(file: &str, text: &str, errors: &mut Vec<String>) -> String {
     enum Cur {
         Outside,
         In(&'static str),
         Skip,
     }
-    let mut out: BTreeMap<&'static str, Vec<Line>> = BTreeMap::new();
+    let mut out = String::with_capacity(text.len() + 64);
     let mut key_lines: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
     let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut cur = Cur::Outside;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.split('\n').enumerate() {
         let n = i + 1;
+        if i > 0 {
+            out.push('\n');
+        }
         let line = line.strip_suffix('\r').unwrap_or(line);
         let t = line.trim();
         if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
@@ -712,8 +758,10 @@ fn scan(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static s
                         ));
                     } else {
                         seen.insert(sec, n);
-                        out.entry(sec).or_default();
                         cur = Cur::In(sec);
+                        out.push('[');
+                        out.push_str(sec);
+                        out.push(']');
                     }
                 }
             }
@@ -757,7 +805,7 @@ fn scan(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static s
                 continue;
             }
         }
-        let value = match unquote(value) {
+        let value = match strip_comment(value) {
             Ok(v) => v,
             Err(reason) => {
                 errors.push(format!("{file}: [{sec}] {key}: {reason} (line {n})"));
@@ -771,15 +819,32 @@ fn scan(file: &str, text: &str, errors: &mut Vec<String>) -> BTreeMap<&'static s
             continue;
         }
         key_lines.insert((sec, key.clone()), n);
-        out.entry(sec).or_default().push(Line { key, value });
+        out.push_str(&ini_key(&key));
+        out.push_str(" = ");
+        out.push_str(&value);
+        // The space after the value: see the doc comment (a final `\` must not join lines).
+        out.push(' ');
     }
     out
 }
 
-/// unquote turns the text after `=` into the value: a double-quoted value is taken verbatim
-/// (with ; # and spaces); otherwise an inline comment (whitespace then ;) is cut and the rest trimmed.
-/// Backslashes are never special.
-fn unquote(v: &str) -> Result<String, String> {
+/// strip_comment turns the text after `=` into the value as rust-ini is to see it: a
+/// double-quoted value is kept verbatim with its quotes (with ; # and spaces inside);
+/// otherwise an inline comment (whitespace then ;) is cut and the rest trimmed.
+/// Backslashes are never special. A carriage return is refused (rust-ini would end the value there).
+fn strip_comment(v: &str) -> Result<String, String> {
+    let value = cut_comment(v)?;
+    if value.contains('\r') {
+        return Err(
+            "a carriage return inside the value (save the file with LF or CRLF line ends)"
+                .to_string(),
+        );
+    }
+    Ok(value)
+}
+
+/// cut_comment is `strip_comment` without the carriage return check.
+fn cut_comment(v: &str) -> Result<String, String> {
     let t = v.trim_start();
     if let Some(q) = t.strip_prefix('"') {
         let Some(end) = q.find('"') else {
@@ -789,7 +854,8 @@ fn unquote(v: &str) -> Result<String, String> {
         if !(after.is_empty() || after.starts_with(';')) {
             return Err("text after the closing quote (only a ; comment may follow)".to_string());
         }
-        return Ok(q[..end].to_string());
+        // Both quotes: `unquote` removes them after rust-ini has trimmed the line.
+        return Ok(t[..end + 2].to_string());
     }
     let mut prev = '=';
     let mut end = v.len();
@@ -801,6 +867,94 @@ fn unquote(v: &str) -> Result<String, String> {
         prev = c;
     }
     Ok(v[..end].trim().to_string())
+}
+
+/// unquote removes the double quotes `strip_comment` kept. A value that starts with `"` was
+/// quoted (the pre-pass refuses an unclosed quote), so it also ends with one.
+fn unquote(v: &str) -> &str {
+    match v.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => v,
+    }
+}
+
+/// ini_key escapes a key for rust-ini, which ends a key at `:` as well as at `=`.
+/// With escapes off, rust-ini keeps `\` and the character after it as they are and never ends
+/// a key inside such a pair, so `\:` and `\\` pass through; `unescape_key` undoes them.
+/// `[users]` and `[aliases]` keys are free-form: `a:b` must stay one key.
+fn ini_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if c == '\\' || c == ':' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// unescape_key undoes `ini_key`.
+fn unescape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut chars = key.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// from_ini reads the sections and keys rust-ini parsed from the normalised text. It looks at
+/// every section and every value (`iter`, `get_all`), so a repeated section or key is reported
+/// rather than silently merged or overwritten; the pre-pass already reports those with line
+/// numbers and leaves them out, so these checks only guard that promise.
+fn from_ini(
+    file: &str,
+    parsed: &ini::Ini,
+    errors: &mut Vec<String>,
+) -> BTreeMap<&'static str, Vec<Line>> {
+    let mut out: BTreeMap<&'static str, Vec<Line>> = BTreeMap::new();
+    for (name, props) in parsed.iter() {
+        let Some(name) = name else {
+            // The general section (keys before any header): the pre-pass leaves it empty.
+            for (key, _) in props.iter() {
+                let key = unescape_key(key);
+                errors.push(format!(
+                    "{file}: {key}: key before any [section]; put it under its section"
+                ));
+            }
+            continue;
+        };
+        let Some((sec, _)) = SCHEMA.iter().find(|(s, _)| *s == name) else {
+            errors.push(format!("{file}: [{name}]: unknown section"));
+            continue;
+        };
+        if out.contains_key(sec) {
+            errors.push(format!(
+                "{file}: [{sec}]: duplicate section; merge them into one"
+            ));
+            continue;
+        }
+        let lines = out.entry(sec).or_default();
+        for (key, _) in props.iter() {
+            let name = unescape_key(key);
+            if lines.iter().any(|l| l.key == name) {
+                continue; // a repeat of a key already read (and reported) below
+            }
+            let mut values = props.get_all(key);
+            let Some(value) = values.next() else { continue };
+            if values.next().is_some() {
+                errors.push(format!("{file}: [{sec}] {name}: duplicate key; keep one"));
+            }
+            lines.push(Line {
+                key: name,
+                value: unquote(value).to_string(),
+            });
+        }
+    }
+    out
 }
 
 fn schema_keys(sec: &str) -> &'static [(&'static str, &'static str)] {
@@ -2275,6 +2429,106 @@ file = /var/log/picorelay.log
                 );
             }
         }
+    }
+
+    #[test]
+    fn rust_ini_quirks_are_neutralised() {
+        // (lines after "[smarthost]\nusername = u\n", password loaded, helo loaded)
+        let table: &[(&str, &str, &str)] = &[
+            // A final backslash is a line continuation for rust-ini, even with escapes off.
+            (
+                "password = ends\\\nhelo = next.example",
+                r"ends\",
+                "next.example",
+            ),
+            (
+                "password = ends\\ ; comment\nhelo = next.example",
+                r"ends\",
+                "next.example",
+            ),
+            (
+                "password = \"ends\\\"\nhelo = next.example",
+                r"ends\",
+                "next.example",
+            ),
+            // Escapes off: \b and \\ are kept as written.
+            (r"password = a\b\\c;d", r"a\b\\c;d", ""),
+            (r"password = \\", r"\\", ""),
+            // Quotes off in rust-ini: single quotes are ordinary characters.
+            ("password = 'single'", "'single'", ""),
+            ("password = 'a ;b'", "'a", ""),
+            // Double quotes are ours: ; # and spaces inside are kept.
+            ("password = \"x ;y\"", "x ;y", ""),
+            ("password = \" #x; \" ; comment", " #x; ", ""),
+            // rust-ini would end a key at ':' and take "=" into the value; values keep both.
+            ("password = a:b=c", "a:b=c", ""),
+        ];
+        for (lines, password, helo) in table {
+            let text = format!("[smarthost]\nusername = u\n{lines}\n");
+            let c = good(&text);
+            assert_eq!(
+                c.smarthost.password.as_deref(),
+                Some(*password),
+                "{lines:?}"
+            );
+            if !helo.is_empty() {
+                assert_eq!(c.smarthost.helo, *helo, "{lines:?}");
+            }
+        }
+
+        // Free-form keys with ':' and '\' stay one key.
+        let c = good(&format!(
+            "[users]\na:b = {HASH5}\nc\\:d\\ = {HASH6}\n[aliases]\nx:y = a@example.com"
+        ));
+        assert_eq!(c.users.keys().collect::<Vec<_>>(), vec!["a:b", "c\\:d\\"]);
+        assert_eq!(c.users["c\\:d\\"], HASH6);
+        assert_eq!(
+            c.aliases.get("x:y").map(String::as_str),
+            Some("a@example.com")
+        );
+        for key in ["a:b", r"a\", r"\:", r"\\x", ":", "a\\:b:\\"] {
+            assert_eq!(unescape_key(&ini_key(key)), key);
+        }
+
+        // The normalised text keeps one line per input line, with no comments or quirks left.
+        let mut errs = Vec::new();
+        let text = "; c\n[Smarthost] ; c\nPassword = p\\ ; c\n\n[queue]\ndir = \"a ;b\" ; c";
+        assert_eq!(
+            prepass(F, text, &mut errs),
+            "\n[smarthost]\npassword = p\\ \n\n[queue]\ndir = \"a ;b\" "
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+
+        // A carriage return inside a value would end it for rust-ini: refused.
+        assert_eq!(
+            errors("[smarthost]\nhelo = a\rb\r\nport = 25 ; c\rc\r"),
+            vec!["picorelay.ini: [smarthost] helo: a carriage return inside the value (save the file with LF or CRLF line ends) (line 2)"]
+        );
+    }
+
+    #[test]
+    fn from_ini_reports_what_rust_ini_merges() {
+        // rust-ini keeps repeated keys and sections; the pre-pass never hands it any, but
+        // reading what it parsed must not silently take one of them.
+        let text =
+            "top = 1\n[server]\nworkers = 1\nworkers = 2\n[server]\nauth = off\n[mail]\nx = 1\n";
+        let parsed = ini::Ini::load_from_str_opt(text, ini_options()).unwrap();
+        let mut errs = Vec::new();
+        let raw = from_ini(F, &parsed, &mut errs);
+        assert_eq!(
+            errs,
+            vec![
+                "picorelay.ini: top: key before any [section]; put it under its section",
+                "picorelay.ini: [server] workers: duplicate key; keep one",
+                "picorelay.ini: [server]: duplicate section; merge them into one",
+                "picorelay.ini: [mail]: unknown section",
+            ]
+        );
+        let server: Vec<(&str, &str)> = raw["server"]
+            .iter()
+            .map(|l| (l.key.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(server, vec![("workers", "1")]);
     }
 
     #[test]

@@ -670,7 +670,12 @@ fn run_session(
         let action = match scan_line(conn.pending(), MAX_AUTH_LINE) {
             LineScan::Line { end, next } => {
                 let line = &conn.inbuf[conn.pos..conn.pos + end];
-                let verb = verb_of(line);
+                // A SASL response line is a secret, not a command: log no part of it.
+                let verb = if session.awaiting_auth_response() {
+                    "(AUTH response)".to_string()
+                } else {
+                    verb_of(line)
+                };
                 let action = session.line(line);
                 conn.pos += next;
                 log_refusal(peer, &verb, &action);

@@ -156,6 +156,12 @@ impl<'a> Session<'a> {
         self.txn.as_ref()
     }
 
+    /// Whether the next line is a SASL response (AUTH PLAIN/LOGIN continuation),
+    /// not a command: the server must not log any part of it.
+    pub fn awaiting_auth_response(&self) -> bool {
+        self.in_auth()
+    }
+
     /// Failed AUTH attempts so far, for the per-address brake.
     pub fn auth_failures(&self) -> u32 {
         self.auth_failures
@@ -898,5 +904,28 @@ mod tests {
         assert_eq!(s.protocol(), "ESMTPS");
         s.line(format!("AUTH PLAIN {}", plain_b64("\0alice\0pa:ss wörd")).as_bytes());
         assert_eq!(s.protocol(), "ESMTPSA");
+    }
+
+    /// The server asks this before each line so a SASL response never reaches the log.
+    #[test]
+    fn awaiting_auth_response_only_between_challenge_and_response() {
+        let cases: &[(&[&str], bool)] = &[
+            (&["EHLO c"], false),
+            (&["EHLO c", "AUTH PLAIN"], true),
+            (&["EHLO c", "AUTH PLAIN", "*"], false),
+            (&["EHLO c", "AUTH LOGIN"], true),
+            (&["EHLO c", "AUTH LOGIN", "YWxpY2U="], true),
+            (&["EHLO c", "AUTH LOGIN", "YWxpY2U=", "d3Jvbmc="], false),
+            (&["EHLO c", "AUTH LOGIN YWxpY2U="], true),
+        ];
+        let users = Users;
+        for (lines, want) in cases {
+            let mut s = Session::new(policy(), &users);
+            s.tls_started();
+            for l in *lines {
+                s.line(l.as_bytes());
+            }
+            assert_eq!(s.awaiting_auth_response(), *want, "{lines:?}");
+        }
     }
 }

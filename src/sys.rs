@@ -162,3 +162,195 @@ pub fn send_signal(pid: i32, sig: libc::c_int) -> io::Result<()> {
 pub fn fd_of<T: AsRawFd>(t: &T) -> RawFd {
     t.as_raw_fd()
 }
+
+/// A system account: what privilege dropping needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// lookup_user finds `name` in the user database (getpwnam_r).
+pub fn lookup_user(name: &str) -> Result<Account, String> {
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("user {name:?}: invalid name"))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwnam_r writes into it and buf, whose
+    // length we pass; result points into them or is null.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(format!(
+                "user {name}: lookup failed: {}",
+                io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if result.is_null() {
+            return Err(format!("user {name}: no such user"));
+        }
+        Ok(Account {
+            name: name.to_string(),
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        })
+    }
+}
+
+/// current_uid is the real user id of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// is_root tells whether the process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// drop_privileges switches to `acct` in the only safe order — setgroups,
+/// setgid, setuid — and verifies that root cannot be regained. Any failure is
+/// fatal for the caller.
+pub fn drop_privileges(acct: &Account) -> Result<(), String> {
+    let gid = acct.gid as libc::gid_t;
+    // SAFETY: setgroups reads one gid from a valid pointer; setgid/setuid take plain ids.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 {
+            return Err(format!(
+                "setgroups({}): {}",
+                acct.gid,
+                io::Error::last_os_error()
+            ));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(format!(
+                "setgid({}): {}",
+                acct.gid,
+                io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(acct.uid as libc::uid_t) != 0 {
+            return Err(format!(
+                "setuid({}): {}",
+                acct.uid,
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    // SAFETY: the id getters cannot fail; setuid(0) is expected to fail now.
+    let (uid, euid, gid_now, egid, regained) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+            acct.uid != 0 && libc::setuid(0) == 0,
+        )
+    };
+    if uid != acct.uid || euid != acct.uid || gid_now != acct.gid || egid != acct.gid || regained {
+        return Err(format!(
+            "privileges did not drop to {} ({}:{})",
+            acct.name, acct.uid, acct.gid
+        ));
+    }
+    Ok(())
+}
+
+/// chown_path gives `path` to `acct` (the spool, created by root before the drop).
+pub fn chown_path(path: &std::path::Path, acct: &Account) -> io::Result<()> {
+    std::os::unix::fs::chown(path, Some(acct.uid), Some(acct.gid))
+}
+
+/// on_ram_filesystem tells whether `path` lives on tmpfs or ramfs (OpenWrt's
+/// /tmp and /var): mail there is lost on reboot.
+pub fn on_ram_filesystem(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; cpath is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(cpath.as_ptr(), &mut st) != 0 {
+            return false;
+        }
+        let t = st.f_type as i64;
+        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+    }
+}
+
+/// sd_notify sends one state message to systemd over $NOTIFY_SOCKET; nothing
+/// happens when the variable is unset (not started by systemd).
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        // Abstract socket namespace (Linux).
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        log::debug!("sd_notify failed: {e}");
+    }
+}
+
+/// monotonic_usec is CLOCK_MONOTONIC in microseconds (for RELOADING=1).
+pub fn monotonic_usec() -> u64 {
+    // SAFETY: clock_gettime writes into a zeroed timespec we own.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_root_and_missing() {
+        let root = lookup_user("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(lookup_user("no-such-user-picorelay")
+            .unwrap_err()
+            .contains("no such user"));
+        assert!(lookup_user("bad\0name").is_err());
+    }
+
+    #[test]
+    fn sd_notify_reaches_the_socket() {
+        let dir = std::env::temp_dir().join(format!("picorelay-notify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        sd_notify("READY=1");
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -146,44 +146,6 @@ fn relay_refused_for_clients_outside_relay_networks() {
     queued_id(&ok.send_message("a@b.test", &["x@elsewhere.test"], "hi"));
 }
 
-/// connect_bound connects from a chosen local address (127.0.0.2 is a
-/// network client in our rules); std cannot bind before connect.
-fn connect_bound(local: &str, to: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let ip: std::net::Ipv4Addr = local.parse().unwrap();
-    let to_ip = match to.ip() {
-        std::net::IpAddr::V4(v4) => v4,
-        _ => panic!("v4 only"),
-    };
-    // SAFETY: plain socket/bind/connect calls on zero-initialised sockaddr_in
-    // structs of the size we pass; the fd is owned by the TcpStream afterwards.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        a.sin_family = libc::AF_INET as libc::sa_family_t;
-        a.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-        a.sin_port = 0;
-        let rc = libc::bind(
-            fd,
-            &a as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(rc, 0, "bind {local}");
-        let mut b: libc::sockaddr_in = std::mem::zeroed();
-        b.sin_family = libc::AF_INET as libc::sa_family_t;
-        b.sin_addr.s_addr = u32::from_ne_bytes(to_ip.octets());
-        b.sin_port = to.port().to_be();
-        let rc = libc::connect(
-            fd,
-            &b as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(rc, 0, "connect to {to}");
-        TcpStream::from_raw_fd(fd)
-    }
-}
-
 #[test]
 fn idle_client_times_out_with_421() {
     let relay = Relay::start("[server]\ncommand_timeout = 1s\n");

@@ -2,6 +2,8 @@
 //! with a temp config and spool, and speaks SMTP to it.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -397,4 +399,42 @@ pub fn queued_id(reply: &str) -> String {
 /// message builds a small RFC 5322 message with CRLF line ends.
 pub fn message(subject: &str, body: &str) -> String {
     format!("From: a@example.com\r\nTo: b@example.com\r\nSubject: {subject}\r\n\r\n{body}")
+}
+
+/// connect_bound connects from a chosen local address (127.0.0.2 is a
+/// network client in our rules); std cannot bind before connect.
+pub fn connect_bound(local: &str, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let ip: std::net::Ipv4Addr = local.parse().unwrap();
+    let to_ip = match to.ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        _ => panic!("v4 only"),
+    };
+    // SAFETY: plain socket/bind/connect calls on zero-initialised sockaddr_in
+    // structs of the size we pass; the fd is owned by the TcpStream afterwards.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+        a.sin_port = 0;
+        let rc = libc::bind(
+            fd,
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "bind {local}");
+        let mut b: libc::sockaddr_in = std::mem::zeroed();
+        b.sin_family = libc::AF_INET as libc::sa_family_t;
+        b.sin_addr.s_addr = u32::from_ne_bytes(to_ip.octets());
+        b.sin_port = to.port().to_be();
+        let rc = libc::connect(
+            fd,
+            &b as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "connect to {to}");
+        TcpStream::from_raw_fd(fd)
+    }
 }
