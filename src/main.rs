@@ -1,12 +1,17 @@
 //! picorelay: command and argv[0] dispatch; maps errors to exit codes. Nothing else.
 
 mod base64;
-// mod client;
+mod bounce;
+mod client;
 mod config;
 mod crypt;
+mod delivery;
 mod logging;
 mod message;
+mod probe;
 mod queue_cmd;
+mod rewrite;
+mod sendmail;
 mod serve;
 mod server;
 mod session;
@@ -31,6 +36,12 @@ commands:
   queue [list]             list queued messages
   queue show ID            print a queued message (envelope, then message)
   queue delete ID...       remove messages from the queue
+  queue flush              make the running relay retry every deferred message now
+  probe [--to ADDR]        connect to the smarthost as delivery does, print the transcript;
+                           with --to, also send a test message to ADDR
+  sendmail [OPTIONS] [RCPT...]
+                           queue a message read from stdin (sendmail-compatible; also
+                           through links named sendmail, mailq, mail and mailx)
   --version, --help
 
 options:
@@ -48,9 +59,14 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-    let mut rest = Vec::new();
+    let mut rest: Vec<String> = Vec::new();
     let mut it = argv.into_iter();
     while let Some(a) = it.next() {
+        // sendmail's own options follow its word untouched (its -C names the config).
+        if rest.first().is_some_and(|w| w == "sendmail") {
+            rest.push(a);
+            continue;
+        }
         match a.as_str() {
             "-c" | "--config" => config = PathBuf::from(it.next().ok_or("-c needs a file name")?),
             _ if a.starts_with("--config=") => config = PathBuf::from(&a["--config=".len()..]),
@@ -61,7 +77,24 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Through a link named sendmail, mailq, mail or mailx: that personality, with the
+    // default config ($PICORELAY_CONFIG or the built-in path; its own -C overrides it).
+    if let Some(p) = std::env::args_os()
+        .next()
+        .and_then(|a| sendmail::personality(&a))
+    {
+        let args: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let config = parse_args(Vec::new()).map(|a| a.config).unwrap_or_default();
+        return ExitCode::from(sendmail::run_personality(p, &config, &args));
+    }
+    // Lossy: a non-UTF-8 argument must give an error message, not a panic.
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let args = match parse_args(argv) {
         Ok(a) => a,
         Err(e) => {
@@ -84,6 +117,13 @@ fn main() -> ExitCode {
         ["queue"] | ["queue", "list"] => queue_cmd::list(&args.config),
         ["queue", "show", id] => queue_cmd::show(&args.config, id),
         ["queue", "delete", ids @ ..] if !ids.is_empty() => queue_cmd::delete(&args.config, ids),
+        ["queue", "flush"] => delivery::flush_command(&args.config),
+        ["sendmail", rest @ ..] => sendmail::run(&args.config, rest),
+        ["probe"] => probe::run(&args.config, None),
+        ["probe", "--to", to] => probe::run(&args.config, Some(to)),
+        ["probe", to] if to.starts_with("--to=") => {
+            probe::run(&args.config, Some(&to["--to=".len()..]))
+        }
         _ => {
             eprintln!(
                 "picorelay: unknown command {:?}; see picorelay --help",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::delivery::{self, Runner};
 use crate::logging;
 use crate::server::{self, Server, Shared};
 use crate::spool::Spool;
@@ -119,20 +120,25 @@ fn start(cfg: Config) -> Result<(), String> {
     }
     log::info!("{} message(s) in the queue", queued.len());
     let cfg = Arc::new(cfg);
+    let spool = Arc::new(spool);
+    let runner = Runner::start(Arc::clone(&cfg), Arc::clone(&spool))
+        .map_err(|e| format!("cannot start delivery: {e}"))?;
+    let delivery = runner.handle();
     let shared = Arc::new(Shared::new(
         Arc::clone(&cfg),
-        Arc::new(spool),
+        spool,
         server_tls,
-        Box::new(|_id: &str| {}),
+        Box::new(move |id: &str| delivery.notify(id)),
     ));
     let server = Server::start(Arc::clone(&shared), listeners)
         .map_err(|e| format!("cannot start workers: {e}"))?;
     for a in server.local_addrs() {
         log::info!("listening on {a}");
     }
-    main_loop(&server, &shared, &signals);
+    main_loop(&server, &shared, &signals, &runner.handle());
     log::info!("shutting down");
     server.shutdown(SHUTDOWN_GRACE);
+    runner.stop(SHUTDOWN_GRACE);
     if let Some(p) = &pid_file {
         let _ = std::fs::remove_file(p);
     }
@@ -141,7 +147,7 @@ fn start(cfg: Config) -> Result<(), String> {
 }
 
 /// main_loop accepts connections and reacts to signals until SIGTERM/SIGINT.
-fn main_loop(server: &Server, shared: &Shared, signals: &SignalPipe) {
+fn main_loop(server: &Server, shared: &Shared, signals: &SignalPipe, delivery: &delivery::Handle) {
     let mut fds = server.fds();
     fds.push(signals.fd());
     let sig_idx = fds.len() - 1;
@@ -164,7 +170,7 @@ fn main_loop(server: &Server, shared: &Shared, signals: &SignalPipe) {
             match sig {
                 Signal::Terminate => return,
                 Signal::Reload => reload_tls(shared),
-                Signal::Flush => {}
+                Signal::Flush => delivery.flush(),
             }
         }
     }

@@ -544,6 +544,9 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
     let cfg = shared.config();
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let ip = canonical_ip(p.peer.ip());
+    // Replies are written in batches already (RFC 2920); Nagle would only add
+    // a delayed-ACK stall to each batch.
+    let _ = p.tcp.set_nodelay(true);
     let peer = Peer {
         tag: format!("session {id:x} from {ip}"),
         ip,

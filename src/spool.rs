@@ -614,6 +614,12 @@ impl Spool {
         Ok(total)
     }
 
+    /// Ids of the queued messages, sorted (oldest first). Cheap: only file names are read; the
+    /// delivery runner lists queue/ with it every second to find messages from other processes.
+    pub fn ids(&self) -> Result<Vec<String>, SpoolError> {
+        Ok(self.queued_ids()?.into_iter().map(|(id, _)| id).collect())
+    }
+
     /// Ids (file names that are valid ids) and paths in queue/, sorted by id.
     fn queued_ids(&self) -> Result<Vec<(String, PathBuf)>, SpoolError> {
         let entries =

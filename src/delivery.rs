@@ -1,0 +1,1334 @@
+//! The queue runner: forwards queued messages to the smarthost the moment they are committed,
+//! retries deferred ones with backoff, pauses the whole queue after a login, certificate or
+//! connection failure, expires old messages and queues bounces.
+//!
+//! Two threads share one `Work` behind a Mutex + Condvar. The delivery thread owns the
+//! smarthost connection: it takes the most overdue message, sends it, writes the outcome back
+//! to the spool, and keeps going over the same connection while messages are due (RSET between,
+//! QUIT after a short idle), so a backlog costs one login. The scan thread lists queue/ every
+//! second for messages committed by other processes (`picorelay sendmail`) or deleted by
+//! `queue delete`, and reacts to the `flush` trigger file. `Runner::notify` (called by the
+//! server right after a commit) wakes the delivery thread at once: no poll interval in the way.
+//!
+//! Delivery is at-least-once: the spool is updated only after the smarthost answered, so a
+//! crash in between sends the message again; nothing is removed before it was accepted,
+//! refused for good (and reported), or expired (and reported).
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, BufReader, Cursor, Read};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bounce::{self, Disposition, Failure};
+use crate::client::{ClientError, Connection, RcptOutcome, Settings, Stage};
+use crate::config::Config;
+use crate::message;
+use crate::queue_cmd::human;
+use crate::rewrite;
+use crate::spool::{Envelope, RcptState, Spool, SpoolError};
+use crate::tls;
+
+/// TCP connect, per address tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 5321 4.5.3.2.1-4.5.3.2.3: greeting, MAIL, RCPT: 5 minutes.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 4.5.3.2.6: the reply to the final dot: 10 minutes.
+const DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How often queue/ is listed for messages committed by other processes.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// How long an idle smarthost connection is kept for messages arriving right after.
+const IDLE_HOLD: Duration = Duration::from_secs(1);
+/// Longest sleep of the delivery thread when nothing at all is due.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Shortest retry delay, whatever the config says: a zero delay would spin.
+const MIN_DELAY: Duration = Duration::from_millis(500);
+/// Retry delay for a message the spool could not read (the disk may recover).
+const UNREADABLE_RETRY: Duration = Duration::from_secs(60);
+/// Name of the trigger file `queue flush` drops in the spool folder.
+pub const FLUSH_TRIGGER: &str = "flush";
+
+/// One stage's last error, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageError {
+    /// Unix seconds.
+    pub time: u64,
+    /// What happened, with the smarthost's reply when there was one.
+    pub message: String,
+}
+
+/// What the runner is doing, as `picorelay status` shows it (issue 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// Messages in the queue, as the runner knows it.
+    pub queued: usize,
+    /// Arrival of the oldest queued message (unix seconds).
+    pub oldest_arrival: Option<u64>,
+    /// Last time the smarthost accepted a message (unix seconds).
+    pub last_success: Option<u64>,
+    /// Last error while connecting (resolve, TCP, greeting, EHLO).
+    pub connect: Option<StageError>,
+    /// Last STARTTLS / certificate error.
+    pub tls: Option<StageError>,
+    /// Last login error.
+    pub auth: Option<StageError>,
+    /// Last error sending a message.
+    pub send: Option<StageError>,
+    /// Delivery of the whole queue is paused until then (unix seconds).
+    pub paused_until: Option<u64>,
+    /// Why it is paused.
+    pub pause_reason: Option<String>,
+    /// No smarthost configured: every message stays queued.
+    pub hold: bool,
+}
+
+/// Delivery state shared with the status command; a Mutex inside.
+#[derive(Debug, Default)]
+pub struct DeliveryState {
+    inner: Mutex<StatusSnapshot>,
+}
+
+impl DeliveryState {
+    /// snapshot is a copy of the current state.
+    #[allow(dead_code)] // read by `picorelay status` (issue 5)
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StatusSnapshot> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, stage: Stage, message: &str) {
+        let e = Some(StageError {
+            time: message::now(),
+            message: message.to_string(),
+        });
+        let mut s = self.lock();
+        match stage {
+            Stage::Connect => s.connect = e,
+            Stage::Tls => s.tls = e,
+            Stage::Auth => s.auth = e,
+            Stage::Send => s.send = e,
+        }
+    }
+}
+
+/// backoff is the delay after `attempts` failed attempts (1 = the first): `min` doubled for
+/// each earlier failure, capped at `max`, then shortened by up to 20% by `jitter` (0..1) so
+/// messages and relays that failed together do not come back in lockstep. Never below
+/// MIN_DELAY, so a zero config cannot make the runner spin.
+pub fn backoff(attempts: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let shift = attempts.saturating_sub(1).min(31);
+    let base = min.saturating_mul(1u32 << shift).min(max);
+    base.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
+        .max(MIN_DELAY)
+}
+
+/// jitter is a number in [0, 1), random enough to spread retries (std's hasher keys are
+/// seeded randomly per process and per RandomState).
+fn jitter() -> f64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// long_duration says a config duration in words for reports: "5 days", "2 seconds".
+pub fn long_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = match s {
+        0 => (0, "second"),
+        s if s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s % 3600 == 0 => (s / 3600, "hour"),
+        s if s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// settings builds the client settings from `[smarthost]`: the rustls config once per config.
+/// Shared with `probe`, so the probe connects exactly as delivery does.
+pub fn settings(cfg: &Config) -> Result<Settings, String> {
+    let sh = &cfg.smarthost;
+    let tls_config = tls::client_config(sh.tls_verify, sh.ca_file.as_deref(), sh.tls_fingerprint)
+        .map_err(|e| format!("{}: [smarthost] {e}", cfg.path.display()))?;
+    Ok(Settings {
+        hosts: sh.hosts.iter().map(|h| (h.host.clone(), h.port)).collect(),
+        tls: sh.tls,
+        tls_config,
+        username: sh.username.clone(),
+        password: sh.password.clone(),
+        helo: sh.helo.clone(),
+        connect_timeout: CONNECT_TIMEOUT,
+        command_timeout: COMMAND_TIMEOUT,
+        data_timeout: DATA_TIMEOUT,
+    })
+}
+
+/// How a message came into the index (for the debug log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Start,
+    Notify,
+    Rescan,
+    Retry,
+    Flush,
+    Bounce,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Start => "queued at start",
+            Source::Notify => "notified",
+            Source::Rescan => "found by rescan",
+            Source::Retry => "retry",
+            Source::Flush => "flush",
+            Source::Bounce => "new report",
+        }
+    }
+}
+
+/// What the runner knows of one queued message.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// When it is due, unix milliseconds (0 = now).
+    due: u64,
+    /// Unix seconds.
+    arrival: u64,
+    /// When the entry was made: a rescan listing older than this must not drop it.
+    added: Instant,
+    source: Source,
+}
+
+/// The in-memory queue: by id (ids sort by arrival) and by due time.
+#[derive(Debug, Default)]
+struct Index {
+    by_id: BTreeMap<String, Entry>,
+    by_due: BTreeSet<(u64, String)>,
+}
+
+impl Index {
+    fn insert(&mut self, id: &str, e: Entry) {
+        if let Some(old) = self.by_id.insert(id.to_string(), e.clone()) {
+            self.by_due.remove(&(old.due, id.to_string()));
+        }
+        self.by_due.insert((e.due, id.to_string()));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.by_due.remove(&(old.due, id.to_string()));
+        }
+    }
+
+    fn set_due(&mut self, id: &str, due: u64, source: Source) {
+        if let Some(e) = self.by_id.get_mut(id) {
+            self.by_due.remove(&(e.due, id.to_string()));
+            e.due = due;
+            e.source = source;
+            self.by_due.insert((due, id.to_string()));
+        }
+    }
+
+    /// The most overdue message (ties: the oldest).
+    fn first_due(&self) -> Option<(u64, String)> {
+        self.by_due.iter().next().cloned()
+    }
+}
+
+/// Delivery of the whole queue is paused after a connect, TLS or login failure.
+#[derive(Debug, Clone)]
+struct Pause {
+    /// Unix milliseconds; in the past once over (the next attempt decides).
+    until: u64,
+    /// How many failed attempts in a row: the backoff exponent.
+    level: u32,
+    stage: Stage,
+    reason: String,
+}
+
+/// Everything both threads touch, behind one Mutex.
+struct Work {
+    cfg: Arc<Config>,
+    index: Index,
+    /// The message the delivery thread is working on: the scan leaves it alone.
+    busy: Option<String>,
+    pause: Option<Pause>,
+    stopping: bool,
+}
+
+struct Shared {
+    spool: Arc<Spool>,
+    work: Mutex<Work>,
+    wake: Condvar,
+    state: Arc<DeliveryState>,
+    /// Threads still running, for `stop`'s grace period.
+    running: Mutex<usize>,
+    exited: Condvar,
+}
+
+/// Counts a thread out when it ends, even by a panic.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut n = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.0.exited.notify_all();
+    }
+}
+
+/// The queue runner. Start it once the spool is open; stop it at shutdown.
+pub struct Runner {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable handle for the server's commit hook and the signal loop.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// notify: message `id` was just committed; deliver it at once.
+    pub fn notify(&self, id: &str) {
+        self.shared.notify(id);
+    }
+
+    /// flush: every queued message is due now; a pause ends.
+    pub fn flush(&self) {
+        self.shared.flush(Source::Flush);
+    }
+}
+
+impl Runner {
+    /// Runner::start scans the spool and spawns the delivery and scan threads. In hold mode (no
+    /// smarthost.host) it only keeps track of the queue. A `flush` trigger file left while the
+    /// relay was down makes everything due at once.
+    pub fn start(cfg: Arc<Config>, spool: Arc<Spool>) -> io::Result<Runner> {
+        let envs = spool
+            .scan()
+            .map_err(|e| io::Error::other(format!("queue scan: {e}")))?;
+        let flush = take_flush_trigger(&spool);
+        let mut index = Index::default();
+        let now = Instant::now();
+        for env in &envs {
+            let due = if flush {
+                0
+            } else {
+                env.next_attempt.saturating_mul(1000)
+            };
+            let e = Entry {
+                due,
+                arrival: env.arrival,
+                added: now,
+                source: Source::Start,
+            };
+            index.insert(&env.id, e);
+        }
+        if cfg.smarthost.hosts.is_empty() {
+            log::info!("delivery: hold mode (no smarthost): messages stay in the queue");
+        } else if !cfg.smarthost.tls_verify && cfg.smarthost.tls_fingerprint.is_none() {
+            log::warn!("delivery: tls_verify = no: the smarthost's certificate is NOT checked");
+        }
+        let shared = Arc::new(Shared {
+            spool,
+            work: Mutex::new(Work {
+                cfg,
+                index,
+                busy: None,
+                pause: None,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+            state: Arc::new(DeliveryState::default()),
+            running: Mutex::new(0),
+            exited: Condvar::new(),
+        });
+        shared.publish(&shared.lock());
+        let mut threads = Vec::new();
+        for (name, body) in [
+            ("delivery", Shared::delivery_loop as fn(&Shared)),
+            ("queue-scan", Shared::scan_loop as fn(&Shared)),
+        ] {
+            let sh = Arc::clone(&shared);
+            *shared.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let spawned = thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || {
+                    let guard = Running(sh);
+                    body(&guard.0);
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    *shared.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                    // Whatever already started ends on its own.
+                    shared.lock().stopping = true;
+                    shared.wake.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Runner { shared, threads })
+    }
+
+    /// handle gives the server's commit hook and the signal loop a way to reach the runner.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// notify: message `id` was just committed; deliver it at once (no polling delay).
+    #[allow(dead_code)] // the server goes through `handle()`; kept for the contract
+    pub fn notify(&self, id: &str) {
+        self.shared.notify(id);
+    }
+
+    /// flush makes every queued message due now and ends a pause (SIGUSR1, `queue flush`).
+    #[allow(dead_code)] // the signal loop goes through `handle()`; kept for the contract
+    pub fn flush(&self) {
+        self.shared.flush(Source::Flush);
+    }
+
+    /// set_config switches to a reloaded config (SIGHUP, issue 5); an open smarthost
+    /// connection made with the old one is closed first.
+    #[allow(dead_code)] // wired by the reload issue
+    pub fn set_config(&self, cfg: Arc<Config>) {
+        self.shared.lock().cfg = cfg;
+        self.shared.wake.notify_all();
+    }
+
+    /// state is shared with the status command.
+    #[allow(dead_code)] // read by `picorelay status` (issue 5)
+    pub fn state(&self) -> Arc<DeliveryState> {
+        Arc::clone(&self.shared.state)
+    }
+
+    /// stop lets the message in progress finish within `grace`, then returns. A delivery still
+    /// running then is abandoned with the process: spool updates are atomic renames, so the
+    /// message is simply sent again after a restart (at-least-once).
+    pub fn stop(self, grace: Duration) {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + grace;
+        let mut running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while *running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "delivery: abandoning the attempt in progress; it is retried after restart"
+                );
+                return;
+            }
+            running = self
+                .shared
+                .exited
+                .wait_timeout(running, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(running);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// take_flush_trigger removes the `flush` file; true when it was there.
+fn take_flush_trigger(spool: &Spool) -> bool {
+    std::fs::remove_file(spool.dir().join(FLUSH_TRIGGER)).is_ok()
+}
+
+/// request_flush is `picorelay queue flush`: it drops the `flush` trigger file in the spool
+/// folder, which a running relay picks up within a second (with or without pid_file), and a
+/// relay started later picks up at start. Returns how many messages are waiting for a retry.
+///
+/// The envelopes are not rewritten: the runner may be updating the same files, and a stale
+/// copy written over its update could resend recipients it has just delivered.
+pub fn request_flush(spool: &Spool) -> Result<usize, SpoolError> {
+    let now = message::now();
+    let deferred = spool
+        .scan()?
+        .iter()
+        .filter(|e| e.next_attempt > now)
+        .count();
+    let path = spool.dir().join(FLUSH_TRIGGER);
+    std::fs::write(&path, b"")
+        .map_err(|e| SpoolError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(deferred)
+}
+
+/// flush_command runs `picorelay queue flush`: exit 0 once the request is in place.
+pub fn flush_command(config: &Path) -> u8 {
+    let Some(cfg) = crate::serve::load_config(config) else {
+        return 1;
+    };
+    let spool = match Spool::open(&cfg.queue.dir, cfg.queue.max_size) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("picorelay: spool {}: {e}", cfg.queue.dir.display());
+            return 1;
+        }
+    };
+    match request_flush(&spool) {
+        Ok(n) => {
+            println!("flush requested: {n} deferred message(s); a running relay retries the queue within a second");
+            0
+        }
+        Err(e) => {
+            eprintln!("picorelay: {e}");
+            1
+        }
+    }
+}
+
+/// The open smarthost connection and what it was opened with.
+struct Link {
+    conn: Connection,
+    cfg: Arc<Config>,
+    last_used: Instant,
+    /// The last reply line the smarthost sent (the transcript feeds it): "250 2.0.0 Ok ...".
+    last_reply: Arc<Mutex<String>>,
+    /// Opened for the message in hand: no RSET needed before it.
+    fresh: bool,
+}
+
+impl Link {
+    fn last_reply(&self) -> String {
+        self.last_reply
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The delivery thread's own state between messages.
+struct Sender {
+    link: Option<Link>,
+    settings: Option<(Arc<Config>, Result<Settings, String>)>,
+}
+
+/// The message in hand.
+struct Job {
+    id: String,
+    cfg: Arc<Config>,
+    source: Source,
+}
+
+/// How an attempt ended for the pending recipients, before expiry and bookkeeping.
+struct Outcome {
+    /// Newly failed recipients, for the report.
+    failures: Vec<Failure>,
+    /// Why the still-pending recipients were not delivered.
+    deferred: Option<String>,
+    /// When to try again, when the backoff does not decide (a pause).
+    next_due: Option<u64>,
+    /// The smarthost's name, when it answered.
+    remote: Option<String>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// publish copies queue depth and pause to the status snapshot.
+    fn publish(&self, w: &Work) {
+        let mut s = self.state.lock();
+        s.queued = w.index.by_id.len();
+        s.oldest_arrival = w.index.by_id.values().next().map(|e| e.arrival);
+        s.hold = w.cfg.smarthost.hosts.is_empty();
+        let now = now_ms();
+        match &w.pause {
+            Some(p) if p.until > now => {
+                s.paused_until = Some(p.until.div_ceil(1000));
+                s.pause_reason = Some(p.reason.clone());
+            }
+            _ => {
+                s.paused_until = None;
+                s.pause_reason = None;
+            }
+        }
+    }
+
+    fn notify(&self, id: &str) {
+        let mut w = self.lock();
+        if w.busy.as_deref() != Some(id) {
+            if w.index.by_id.contains_key(id) {
+                w.index.set_due(id, 0, Source::Notify);
+            } else {
+                let e = Entry {
+                    due: 0,
+                    arrival: message::now(),
+                    added: Instant::now(),
+                    source: Source::Notify,
+                };
+                w.index.insert(id, e);
+            }
+        }
+        self.publish(&w);
+        drop(w);
+        self.wake.notify_all();
+    }
+
+    fn flush(&self, source: Source) {
+        let mut w = self.lock();
+        let ids: Vec<String> = w.index.by_id.keys().cloned().collect();
+        for id in &ids {
+            w.index.set_due(id, 0, source);
+        }
+        if let Some(p) = w.pause.as_mut() {
+            // The next attempt decides; "delivery resumed" is logged when it works.
+            p.until = 0;
+        }
+        log::info!("delivery: flush: {} message(s) due now", ids.len());
+        self.publish(&w);
+        drop(w);
+        self.wake.notify_all();
+    }
+
+    // ---- the scan thread ----
+
+    fn scan_loop(&self) {
+        let mut unreadable = BTreeSet::new();
+        loop {
+            {
+                let w = self.lock();
+                let (w, _) = self
+                    .wake
+                    .wait_timeout_while(w, RESCAN_EVERY, |w| !w.stopping)
+                    .unwrap_or_else(|p| p.into_inner());
+                if w.stopping {
+                    return;
+                }
+            }
+            if take_flush_trigger(&self.spool) {
+                log::info!("delivery: queue flush requested");
+                self.flush(Source::Flush);
+            }
+            self.rescan(&mut unreadable);
+        }
+    }
+
+    /// rescan lists queue/: new names are read and indexed, vanished ones dropped.
+    fn rescan(&self, unreadable: &mut BTreeSet<String>) {
+        let listed_at = Instant::now();
+        let ids = match self.spool.ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::warn!("delivery: cannot list the queue: {e}");
+                return;
+            }
+        };
+        let on_disk: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        unreadable.retain(|id: &String| on_disk.contains(id.as_str()));
+        let new: Vec<String> = {
+            let mut w = self.lock();
+            let gone: Vec<String> = w
+                .index
+                .by_id
+                .iter()
+                .filter(|(id, e)| {
+                    e.added < listed_at
+                        && w.busy.as_deref() != Some(id.as_str())
+                        && !on_disk.contains(id.as_str())
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                log::debug!("delivery {id}: no longer in the queue");
+                w.index.remove(id);
+            }
+            if !gone.is_empty() {
+                self.publish(&w);
+            }
+            ids.iter()
+                .filter(|id| {
+                    !w.index.by_id.contains_key(*id)
+                        && w.busy.as_deref() != Some(id.as_str())
+                        && !unreadable.contains(*id)
+                })
+                .cloned()
+                .collect()
+        };
+        if new.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        for id in new {
+            match self.spool.read(&id) {
+                Ok(env) => found.push(env),
+                Err(SpoolError::NotFound(_)) => {} // delivered or deleted meanwhile
+                Err(SpoolError::Corrupt(_)) => {
+                    // scan moves unparseable files to corrupt/ and says so.
+                    let _ = self.spool.scan();
+                }
+                Err(e) => {
+                    log::warn!("delivery {id}: cannot read it: {e}");
+                    unreadable.insert(id);
+                }
+            }
+        }
+        let mut w = self.lock();
+        for env in found {
+            if w.index.by_id.contains_key(&env.id) || w.busy.as_deref() == Some(env.id.as_str()) {
+                continue;
+            }
+            log::debug!("delivery {}: found by rescan", env.id);
+            let e = Entry {
+                due: env.next_attempt.saturating_mul(1000),
+                arrival: env.arrival,
+                added: Instant::now(),
+                source: Source::Rescan,
+            };
+            w.index.insert(&env.id, e);
+        }
+        self.publish(&w);
+        drop(w);
+        self.wake.notify_all();
+    }
+
+    // ---- the delivery thread ----
+
+    fn delivery_loop(&self) {
+        let mut s = Sender {
+            link: None,
+            settings: None,
+        };
+        while let Some(job) = self.next_job(&mut s) {
+            self.run_job(&mut s, &job);
+            let mut w = self.lock();
+            w.busy = None;
+            self.publish(&w);
+        }
+        if let Some(l) = s.link.take() {
+            l.conn.quit();
+        }
+    }
+
+    /// next_job waits for a due message (none in hold mode or while paused), closing an idle
+    /// connection after IDLE_HOLD. None when stopping.
+    fn next_job(&self, s: &mut Sender) -> Option<Job> {
+        let mut w = self.lock();
+        loop {
+            if w.stopping {
+                return None;
+            }
+            if let Some(l) = &s.link {
+                if l.last_used.elapsed() >= IDLE_HOLD || !Arc::ptr_eq(&l.cfg, &w.cfg) {
+                    let l = s.link.take();
+                    drop(w);
+                    if let Some(l) = l {
+                        l.conn.quit();
+                    }
+                    w = self.lock();
+                    continue;
+                }
+            }
+            let now = now_ms();
+            let mut sleep = MAX_SLEEP;
+            let hold = w.cfg.smarthost.hosts.is_empty();
+            let paused_until = w.pause.as_ref().map(|p| p.until).filter(|&u| u > now);
+            if let (false, Some((due, id))) = (hold, w.index.first_due()) {
+                match paused_until {
+                    Some(until) => sleep = Duration::from_millis(until - now),
+                    None if due <= now => {
+                        let source = w.index.by_id.get(&id).map_or(Source::Retry, |e| e.source);
+                        w.busy = Some(id.clone());
+                        return Some(Job {
+                            id,
+                            cfg: Arc::clone(&w.cfg),
+                            source,
+                        });
+                    }
+                    None => sleep = Duration::from_millis(due - now),
+                }
+            }
+            if let Some(l) = &s.link {
+                sleep = sleep.min(IDLE_HOLD.saturating_sub(l.last_used.elapsed()));
+            }
+            w = self
+                .wake
+                .wait_timeout(w, sleep.min(MAX_SLEEP))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// settings_for returns the settings for `cfg`, built (rustls config included) once per
+    /// config and cached.
+    fn settings_for(&self, s: &mut Sender, cfg: &Arc<Config>) -> Result<Settings, String> {
+        match &s.settings {
+            Some((c, r)) if Arc::ptr_eq(c, cfg) => r.clone(),
+            _ => {
+                let r = settings(cfg);
+                s.settings = Some((Arc::clone(cfg), r.clone()));
+                r
+            }
+        }
+    }
+
+    /// run_job makes sure a connection is open (one login for the whole backlog), then
+    /// delivers the message in hand over it.
+    fn run_job(&self, s: &mut Sender, job: &Job) {
+        if let Some(l) = s.link.as_mut() {
+            // RSET between messages; it also finds a connection the smarthost has dropped.
+            if let Err(e) = l.conn.reset() {
+                log::debug!("delivery: reconnecting: {e}");
+                s.link = None;
+            }
+        }
+        if s.link.is_none() {
+            let opened = match self.settings_for(s, &job.cfg) {
+                Ok(settings) => Connection::open(&settings, None),
+                Err(e) => Err(ClientError {
+                    stage: Stage::Tls,
+                    permanent: false,
+                    message: e,
+                }),
+            };
+            match opened {
+                Ok(mut conn) => {
+                    let last_reply = Arc::new(Mutex::new(String::new()));
+                    let sink = Arc::clone(&last_reply);
+                    conn.set_transcript(Some(Box::new(move |line: &str| {
+                        if let Some(r) = line.strip_prefix("S: ") {
+                            if let Ok(mut l) = sink.lock() {
+                                *l = r.to_string();
+                            }
+                        }
+                    })));
+                    log::debug!("delivery: connected to {}", conn.peer());
+                    s.link = Some(Link {
+                        conn,
+                        cfg: Arc::clone(&job.cfg),
+                        last_used: Instant::now(),
+                        last_reply,
+                        fresh: true,
+                    });
+                    let mut w = self.lock();
+                    if w.pause.take().is_some() {
+                        log::info!("delivery resumed");
+                        // What waited out the pause goes in arrival order, not in the order
+                        // the pause happened to try messages.
+                        let now = now_ms();
+                        let waiting: Vec<(String, Source)> = w
+                            .index
+                            .by_id
+                            .iter()
+                            .filter(|(_, e)| e.due <= now)
+                            .map(|(id, e)| (id.clone(), e.source))
+                            .collect();
+                        for (id, source) in waiting {
+                            w.index.set_due(&id, 0, source);
+                        }
+                    }
+                    self.publish(&w);
+                }
+                Err(e) => {
+                    self.open_failed(job, &e);
+                    return;
+                }
+            }
+        }
+        let Some(link) = s.link.as_mut() else { return };
+        self.deliver(link, job);
+        link.last_used = Instant::now();
+        link.fresh = false;
+    }
+
+    /// open_failed pauses the whole queue: a login, certificate or connection problem is
+    /// about the smarthost, not the message, so no message is bounced for it and no other is
+    /// tried until the pause ends; then one attempt decides whether to resume.
+    fn open_failed(&self, job: &Job, e: &ClientError) {
+        let cfg = &job.cfg;
+        let reason = e.to_string();
+        self.state.error(e.stage, &e.message);
+        let now = now_ms();
+        let mut w = self.lock();
+        let (level, before) = match &w.pause {
+            Some(p) => (p.level.saturating_add(1), Some((p.stage, p.reason.clone()))),
+            None => (1, None),
+        };
+        let delay = backoff(level, cfg.queue.retry_min, cfg.queue.retry_max, jitter());
+        let until = now + ms(delay);
+        let shown = human(delay.as_secs().max(1));
+        match before {
+            None => log::warn!("delivery paused for {shown}: {reason}"),
+            Some((stage, _)) if stage != e.stage => {
+                log::warn!("delivery still paused, for {shown}: {reason}")
+            }
+            Some(_) => log::debug!("delivery still paused, for {shown}: {reason}"),
+        }
+        w.pause = Some(Pause {
+            until,
+            level,
+            stage: e.stage,
+            reason: reason.clone(),
+        });
+        self.publish(&w);
+        let overdue: Vec<String> = w
+            .index
+            .by_id
+            .iter()
+            .filter(|(id, e)| {
+                *id != &job.id
+                    && e.arrival
+                        .saturating_add(cfg.queue.lifetime.as_secs())
+                        .saturating_mul(1000)
+                        <= now
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        drop(w);
+        // The message this attempt was for shows the reason in `queue list`.
+        self.account_pause(cfg, &job.id, &reason, until, true);
+        // Others past their lifetime expire now instead of waiting for their turn.
+        for id in overdue {
+            self.account_pause(cfg, &id, &reason, until, false);
+        }
+    }
+
+    /// account_pause records a pause on one message: attempts and last error when it was the
+    /// one tried, then the usual expiry and bookkeeping.
+    fn account_pause(&self, cfg: &Config, id: &str, reason: &str, until: u64, tried: bool) {
+        let mut env = match self.spool.read(id) {
+            Ok(env) => env,
+            Err(e) => {
+                self.unreadable(id, &e);
+                return;
+            }
+        };
+        if tried {
+            env.attempts = env.attempts.saturating_add(1);
+        }
+        let outcome = Outcome {
+            failures: Vec::new(),
+            deferred: Some(reason.to_string()),
+            next_due: Some(until),
+            remote: None,
+        };
+        self.settle(cfg, env, outcome);
+    }
+
+    /// unreadable handles a message the spool cannot give us.
+    fn unreadable(&self, id: &str, e: &SpoolError) {
+        let mut w = self.lock();
+        match e {
+            SpoolError::NotFound(_) => w.index.remove(id),
+            _ => {
+                log::error!("delivery {id}: cannot read it from the spool: {e}");
+                w.index
+                    .set_due(id, now_ms() + ms(UNREADABLE_RETRY), Source::Retry);
+            }
+        }
+        self.publish(&w);
+    }
+
+    /// deliver sends one message over `link` and settles the outcome.
+    fn deliver(&self, link: &mut Link, job: &Job) {
+        let cfg = &job.cfg;
+        let id = &job.id;
+        let (mut env, mut reader, size) = match self.spool.open_message(id) {
+            Ok(m) => m,
+            Err(e) => return self.unreadable(id, &e),
+        };
+        log::debug!(
+            "delivery {id}: attempt {} ({})",
+            env.attempts + 1,
+            job.source.as_str()
+        );
+        // [aliases], applied now so a config change takes effect for queued mail too; the
+        // address the sender gave stays in `orig`.
+        let mut addrs: Vec<String> = Vec::new();
+        let mut slot = vec![usize::MAX; env.recipients.len()];
+        for (i, r) in env.recipients.iter_mut().enumerate() {
+            if r.state != RcptState::Pending {
+                continue;
+            }
+            let given = r.orig.take().unwrap_or_else(|| r.addr.clone());
+            match rewrite::alias(&given, &cfg.aliases, &cfg.server.local_domains) {
+                Some(to) if to != given => {
+                    r.addr = to;
+                    r.orig = Some(given);
+                }
+                _ => r.addr = given,
+            }
+            // Two names for one mailbox: one RCPT, one copy.
+            slot[i] = match addrs.iter().position(|a| *a == r.addr) {
+                Some(p) => p,
+                None => {
+                    addrs.push(r.addr.clone());
+                    addrs.len() - 1
+                }
+            };
+        }
+        if addrs.is_empty() {
+            return self.settle(cfg, env, Outcome::none());
+        }
+        let sender = rewrite::envelope_sender(&env.sender, cfg.rewrite.sender.as_deref());
+
+        // [rewrite] from: only the header section is read into memory; the body streams.
+        let mut head = Vec::new();
+        let mut size = size;
+        if let Some(from) = &cfg.rewrite.from {
+            match rewrite::read_header_section(&mut reader, rewrite::MAX_HEADER_SECTION) {
+                Ok((section, true)) => {
+                    head = rewrite::rewrite_from(&section, from);
+                    size = size.saturating_sub(section.len() as u64) + head.len() as u64;
+                }
+                Ok((section, false)) => {
+                    log::warn!("delivery {id}: header section too long or unterminated; From: not rewritten");
+                    head = section;
+                }
+                Err(e) => {
+                    let e = SpoolError::Io(format!("reading message {id}: {e}"));
+                    return self.unreadable(id, &e);
+                }
+            }
+        }
+        let mut message = Cursor::new(head).chain(&mut reader);
+        let result = link.conn.send(
+            &sender,
+            &addrs,
+            &mut message,
+            size,
+            env.eight_bit,
+            env.smtputf8,
+        );
+        env.attempts = env.attempts.saturating_add(1);
+        let remote = link.conn.peer();
+        let mut outcome = Outcome::none();
+        outcome.remote = Some(remote.clone());
+        let mut sent = Vec::new();
+        match result {
+            Ok(results) => {
+                let reply = link.last_reply();
+                for (i, r) in env.recipients.iter_mut().enumerate() {
+                    let Some(res) = results.get(slot[i]) else {
+                        continue;
+                    };
+                    match res {
+                        RcptOutcome::Accepted => {
+                            r.state = RcptState::Delivered;
+                            r.reply = Some(reply.clone());
+                            sent.push(format!("<{}>", r.addr));
+                        }
+                        RcptOutcome::Transient(t) => {
+                            r.reply = Some(t.clone());
+                            if outcome.deferred.is_none() {
+                                outcome.deferred = Some(format!("<{}>: {t}", r.addr));
+                            }
+                        }
+                        RcptOutcome::Permanent(t) => {
+                            r.state = RcptState::Failed;
+                            r.reply = Some(t.clone());
+                            outcome.failures.push(failure(r, t, false));
+                        }
+                    }
+                }
+                if !sent.is_empty() {
+                    self.state.lock().last_success = Some(message::now());
+                    log::info!(
+                        "delivery {id}: sent to smarthost ({reply}) to={}",
+                        sent.join(",")
+                    );
+                }
+            }
+            Err(e) => {
+                self.state.error(e.stage, &e.message);
+                for r in env.recipients.iter_mut() {
+                    if r.state != RcptState::Pending {
+                        continue;
+                    }
+                    r.reply = Some(e.message.clone());
+                    if e.permanent {
+                        r.state = RcptState::Failed;
+                        outcome.failures.push(failure(r, &e.message, false));
+                    }
+                }
+                if !e.permanent {
+                    outcome.deferred = Some(e.to_string());
+                }
+            }
+        }
+        self.settle(cfg, env, outcome);
+    }
+
+    /// settle expires what is past its lifetime, queues the report for failed recipients,
+    /// then removes the message (nothing pending) or writes its new state back. The report is
+    /// committed before the original changes, so a crash in between can duplicate a report
+    /// but never lose one.
+    fn settle(&self, cfg: &Config, mut env: Envelope, mut outcome: Outcome) {
+        let id = env.id.clone();
+        let now = now_ms();
+        let expires = env
+            .arrival
+            .saturating_add(cfg.queue.lifetime.as_secs())
+            .saturating_mul(1000);
+        let pending = |env: &Envelope| env.recipients.iter().any(|r| r.state == RcptState::Pending);
+        if pending(&env) && now >= expires {
+            let last = outcome
+                .deferred
+                .clone()
+                .or_else(|| env.last_error.clone())
+                .unwrap_or_else(|| "none".to_string());
+            for r in env
+                .recipients
+                .iter_mut()
+                .filter(|r| r.state == RcptState::Pending)
+            {
+                let last = r.reply.clone().unwrap_or_else(|| last.clone());
+                let why = format!(
+                    "gave up after {}: last error {last}",
+                    long_duration(cfg.queue.lifetime)
+                );
+                r.state = RcptState::Failed;
+                let mut f = failure(r, &last, true);
+                f.reason = why.clone();
+                r.reply = Some(why);
+                outcome.failures.push(f);
+            }
+        }
+        if !outcome.failures.is_empty() {
+            self.report(cfg, &env, &outcome);
+        }
+        let mut w;
+        if !pending(&env) {
+            match self.spool.delete(&id) {
+                Ok(()) | Err(SpoolError::NotFound(_)) => {
+                    log::debug!("delivery {id}: done, removed from the queue");
+                }
+                Err(e) => {
+                    // Delivered but not removable: it may go out twice; say so loudly.
+                    log::error!("delivery {id}: cannot remove it from the queue: {e}");
+                }
+            }
+            w = self.lock();
+            w.index.remove(&id);
+        } else {
+            let attempts = env.attempts.max(1);
+            let due = outcome
+                .next_due
+                .unwrap_or_else(|| {
+                    now + ms(backoff(
+                        attempts,
+                        cfg.queue.retry_min,
+                        cfg.queue.retry_max,
+                        jitter(),
+                    ))
+                })
+                // One last try when the lifetime runs out rather than a retry_max later.
+                .min(expires.max(now + ms(MIN_DELAY)));
+            let reason = outcome
+                .deferred
+                .clone()
+                .unwrap_or_else(|| "not delivered".to_string());
+            env.next_attempt = due.div_ceil(1000);
+            env.last_error = Some(reason.clone());
+            let to: Vec<String> = env
+                .recipients
+                .iter()
+                .filter(|r| r.state == RcptState::Pending)
+                .map(|r| format!("<{}>", r.addr))
+                .collect();
+            if outcome.next_due.is_none() {
+                log::info!(
+                    "delivery {id}: deferred: {reason}; to={}; retry in {}",
+                    to.join(","),
+                    human(due.saturating_sub(now).div_ceil(1000))
+                );
+            }
+            let written = self.spool.update(&env);
+            w = self.lock();
+            match written {
+                Ok(()) => w.index.set_due(&id, due, Source::Retry),
+                Err(SpoolError::NotFound(_)) => w.index.remove(&id),
+                Err(e) => {
+                    log::error!("delivery {id}: cannot record the attempt: {e}");
+                    w.index.set_due(&id, due, Source::Retry);
+                }
+            }
+        }
+        self.publish(&w);
+    }
+
+    /// report logs each failed recipient and queues the delivery status notification.
+    fn report(&self, cfg: &Config, env: &Envelope, outcome: &Outcome) {
+        let id = &env.id;
+        for f in &outcome.failures {
+            log::warn!("delivery {id}: bounced <{}>: {}", f.recipient, f.reason);
+        }
+        let headers = match self.spool.open_message(id) {
+            Ok((_, mut r, _)) => original_headers(&mut r),
+            Err(_) => Vec::new(),
+        };
+        match bounce::queue(
+            &self.spool,
+            cfg,
+            env,
+            &outcome.failures,
+            &headers,
+            outcome.remote.as_deref(),
+        ) {
+            Ok(Disposition::Queued { id: bid, to }) => {
+                log::info!("delivery {id}: report {bid} queued for <{to}>");
+                let mut w = self.lock();
+                let e = Entry {
+                    due: 0,
+                    arrival: message::now(),
+                    added: Instant::now(),
+                    source: Source::Bounce,
+                };
+                w.index.insert(&bid, e);
+            }
+            Ok(Disposition::Dropped(why)) => {
+                log::warn!("delivery {id}: no report sent ({why}); the failure is only logged")
+            }
+            Err(e) => log::error!(
+                "delivery {id}: cannot queue the report for <{}>: {e}; the failure is only logged",
+                env.sender
+            ),
+        }
+    }
+}
+
+impl Outcome {
+    fn none() -> Outcome {
+        Outcome {
+            failures: Vec::new(),
+            deferred: None,
+            next_due: None,
+            remote: None,
+        }
+    }
+}
+
+/// failure describes a failed recipient for the report from the reply or error `text`.
+fn failure(r: &crate::spool::Recipient, text: &str, expired: bool) -> Failure {
+    let diagnostic = bounce::smtp_reply_in(text);
+    Failure {
+        recipient: r.addr.clone(),
+        orig: r.orig.clone(),
+        reason: text.to_string(),
+        status: bounce::status_for(diagnostic.as_deref().unwrap_or(""), expired),
+        diagnostic,
+    }
+}
+
+/// original_headers reads the stored message's header section for the report.
+fn original_headers(r: &mut BufReader<std::fs::File>) -> Vec<u8> {
+    rewrite::read_header_section(r, bounce::MAX_ORIGINAL_HEADERS + 1000)
+        .map(|(h, _)| h)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_down() {
+        let s = Duration::from_secs;
+        let cases = [
+            // attempts, min, max, jitter, want
+            (1, s(60), s(3600), 0.0, s(60)),
+            (2, s(60), s(3600), 0.0, s(120)),
+            (3, s(60), s(3600), 0.0, s(240)),
+            (7, s(60), s(3600), 0.0, s(3600)),
+            (1000, s(60), s(3600), 0.0, s(3600)),
+            (0, s(60), s(3600), 0.0, s(60)),
+            (1, s(60), s(3600), 0.5, s(54)),
+            (
+                7,
+                s(60),
+                s(3600),
+                0.999_999,
+                Duration::from_millis(2_880_000),
+            ),
+            (1, s(0), s(0), 0.0, MIN_DELAY),
+            (1, s(1), s(2), 1.0, Duration::from_millis(800)),
+        ];
+        for (attempts, min, max, j, want) in cases {
+            let got = backoff(attempts, min, max, j);
+            let diff = got.as_millis().abs_diff(want.as_millis());
+            assert!(
+                diff <= 1,
+                "backoff({attempts}, {min:?}, {max:?}, {j}) = {got:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        let xs: Vec<f64> = (0..200).map(|_| jitter()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let distinct: BTreeSet<u64> = xs.iter().map(|x| (x * 1e6) as u64).collect();
+        assert!(distinct.len() > 150);
+    }
+
+    #[test]
+    fn durations_in_words() {
+        let s = Duration::from_secs;
+        let cases = [
+            (s(5 * 86_400), "5 days"),
+            (s(86_400), "1 day"),
+            (s(2), "2 seconds"),
+            (s(3600), "1 hour"),
+            (s(90), "90 seconds"),
+            (s(120), "2 minutes"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(long_duration(d), want);
+        }
+    }
+
+    #[test]
+    fn index_orders_by_due_then_age() {
+        let mut ix = Index::default();
+        let e = |due| Entry {
+            due,
+            arrival: 0,
+            added: Instant::now(),
+            source: Source::Start,
+        };
+        ix.insert("B", e(0));
+        ix.insert("A", e(5000));
+        ix.insert("C", e(0));
+        assert_eq!(ix.first_due(), Some((0, "B".to_string())));
+        ix.set_due("B", 9000, Source::Retry);
+        assert_eq!(ix.first_due(), Some((0, "C".to_string())));
+        ix.remove("C");
+        assert_eq!(ix.first_due(), Some((5000, "A".to_string())));
+        ix.insert("A", e(1)); // re-insert replaces
+        assert_eq!(ix.by_due.len(), 2);
+        assert_eq!(ix.first_due(), Some((1, "A".to_string())));
+    }
+}

@@ -1,0 +1,121 @@
+//! `picorelay probe [--to ADDR]`: connects to the smarthost exactly as delivery does and prints
+//! the transcript (secrets masked); with `--to`, sends a short test message.
+
+use std::io::{Cursor, Write};
+use std::path::Path;
+
+use crate::client::{Connection, RcptOutcome};
+use crate::config::Config;
+use crate::delivery;
+use crate::message;
+use crate::rewrite;
+use crate::serve::load_config;
+
+/// run probes the smarthost; exit 0 only when it would take mail (and, with `to`, took the
+/// test message for that recipient), 1 otherwise.
+pub fn run(config: &Path, to: Option<&str>) -> u8 {
+    let Some(cfg) = load_config(config) else {
+        return 1;
+    };
+    if cfg.smarthost.hosts.is_empty() {
+        println!("probe: no smarthost configured ([smarthost] host is empty: hold mode)");
+        return 1;
+    }
+    if let Some(to) = to {
+        if to.is_empty()
+            || to
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+        {
+            println!("probe: {to:?} is not an address");
+            return 1;
+        }
+    }
+    let settings = match delivery::settings(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("probe: {e}");
+            return 1;
+        }
+    };
+    // The client masks AUTH payloads and challenges before a line gets here.
+    let mut print = |line: &str| {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    };
+    let mut conn = match Connection::open(&settings, Some(&mut print)) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("probe: FAILED at {}: {}", e.stage, e.message);
+            return 1;
+        }
+    };
+    conn.set_transcript(Some(Box::new(|line: &str| println!("{line}"))));
+    let peer = conn.peer();
+    let code = match to {
+        None => {
+            println!("probe: ok: {peer} would take mail");
+            0
+        }
+        Some(to) => send_test(&mut conn, &cfg, to, &peer),
+    };
+    conn.quit();
+    code
+}
+
+/// send_test sends the test message with the sender, aliases and From rewriting delivery
+/// would use.
+fn send_test(conn: &mut Connection, cfg: &Config, to: &str, peer: &str) -> u8 {
+    let host = &cfg.server.hostname;
+    let sender = cfg
+        .rewrite
+        .sender
+        .clone()
+        .or_else(|| cfg.smarthost.username.clone().filter(|u| u.contains('@')))
+        .unwrap_or_else(|| format!("picorelay@{host}"));
+    let rcpt = rewrite::alias(to, &cfg.aliases, &cfg.server.local_domains)
+        .unwrap_or_else(|| to.to_string());
+    let from = cfg.rewrite.from.clone().unwrap_or_else(|| sender.clone());
+    let now = message::now();
+    let text = format!(
+        "From: {from}\r\nTo: <{rcpt}>\r\nSubject: picorelay test message from {host}\r\n\
+         Date: {}\r\nMessage-ID: <probe.{now}.{}@{host}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\n\
+         This is a test message sent by `picorelay probe` on {host}.\r\n\
+         It went through the smarthost {peer}: forwarding works.\r\n",
+        message::rfc5322_date(now),
+        std::process::id()
+    );
+    let size = text.len() as u64;
+    match conn.send(
+        &sender,
+        std::slice::from_ref(&rcpt),
+        &mut Cursor::new(text),
+        size,
+        false,
+        false,
+    ) {
+        Ok(results) => match results.first() {
+            Some(RcptOutcome::Accepted) => {
+                println!("probe: ok: {peer} accepted the test message for <{rcpt}>");
+                0
+            }
+            Some(RcptOutcome::Transient(r)) => {
+                println!("probe: FAILED: <{rcpt}> deferred (temporary): {r}");
+                1
+            }
+            Some(RcptOutcome::Permanent(r)) => {
+                println!("probe: FAILED: <{rcpt}> refused: {r}");
+                1
+            }
+            None => {
+                println!("probe: FAILED: no answer for <{rcpt}>");
+                1
+            }
+        },
+        Err(e) => {
+            println!("probe: FAILED at {}: {}", e.stage, e.message);
+            1
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! A scripted smarthost for the delivery tests: plain TCP on 127.0.0.1:0, optional STARTTLS or
+//! implicit TLS (test certificates made with openssl), optional AUTH, a chosen reply for any
+//! command, and a record of every connection, command and accepted transaction.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::certs::certs;
+use super::wait_for;
+
+/// A self-signed leaf for localhost / 127.0.0.1 (what a LAN relay often has), made once per
+/// test process next to the CA material of `certs()`.
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// "sha256:aa:bb:..", as `tls_fingerprint` takes it.
+    pub fingerprint: String,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// self_signed makes (once) the self-signed certificate.
+pub fn self_signed() -> &'static SelfSigned {
+    static SELF: OnceLock<SelfSigned> = OnceLock::new();
+    SELF.get_or_init(|| {
+        let d = certs().dir.clone();
+        std::fs::write(
+            d.join("self.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "self.key"]);
+        openssl(&d, &["req", "-new", "-key", "self.key", "-subj", "/CN=localhost", "-out", "self.csr"]);
+        openssl(&d, &[
+            "x509", "-req", "-in", "self.csr", "-signkey", "self.key", "-days", "3650", "-extfile", "self.ext",
+            "-out", "self.pem",
+        ]);
+        let text = openssl(&d, &["x509", "-in", "self.pem", "-noout", "-fingerprint", "-sha256"]);
+        let hex = text.trim().rsplit('=').next().unwrap().to_ascii_lowercase();
+        SelfSigned { cert: d.join("self.pem"), key: d.join("self.key"), fingerprint: format!("sha256:{hex}") }
+    })
+}
+
+fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// How the sink behaves.
+#[derive(Clone, Default)]
+pub struct Opts {
+    /// Offer STARTTLS with this certificate.
+    pub starttls: Option<Arc<rustls::ServerConfig>>,
+    /// Speak TLS from the first byte (port 465 style).
+    pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN LOGIN (any credentials accepted unless a rule says otherwise).
+    pub auth: bool,
+}
+
+impl Opts {
+    pub fn plain() -> Opts {
+        Opts::default()
+    }
+    /// STARTTLS with the CA-signed leaf.
+    pub fn starttls() -> Opts {
+        let c = certs();
+        Opts {
+            starttls: Some(server_config(&c.cert, &c.key)),
+            ..Opts::default()
+        }
+    }
+    /// STARTTLS with the self-signed leaf.
+    pub fn starttls_self_signed() -> Opts {
+        let c = self_signed();
+        Opts {
+            starttls: Some(server_config(&c.cert, &c.key)),
+            ..Opts::default()
+        }
+    }
+    /// Implicit TLS with the CA-signed leaf.
+    pub fn implicit_tls() -> Opts {
+        let c = certs();
+        Opts {
+            implicit_tls: Some(server_config(&c.cert, &c.key)),
+            ..Opts::default()
+        }
+    }
+    pub fn with_auth(mut self) -> Opts {
+        self.auth = true;
+        self
+    }
+}
+
+/// One accepted transaction.
+#[derive(Clone, Debug)]
+pub struct Txn {
+    /// Connection number (1-based, in accept order).
+    pub conn: usize,
+    /// The path inside MAIL FROM:<...> ("" for the null sender).
+    pub mail_from: String,
+    /// The MAIL FROM line's parameters.
+    pub params: String,
+    /// Accepted recipients, in order.
+    pub rcpts: Vec<String>,
+    /// The message, dot-unstuffed, CRLF lines.
+    pub data: String,
+    /// Received over TLS.
+    pub tls: bool,
+    /// The AUTH user and password of the connection, when it logged in.
+    pub auth: Option<(String, String)>,
+}
+
+/// A reply override: the first rule whose prefix starts the command line (case-insensitive)
+/// answers it. Special prefixes: "GREETING" (the banner), "DOT" (after the data). A reply
+/// "DROP" closes the connection instead.
+struct Rule {
+    prefix: String,
+    reply: String,
+    times: Option<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<Rule>,
+    txns: Vec<Txn>,
+    /// (connection, line) for every command line received (AUTH payloads too).
+    commands: Vec<(usize, String)>,
+    /// When each connection was accepted.
+    accepted: Vec<Instant>,
+    /// AUTH commands seen, per connection.
+    auth_attempts: Vec<usize>,
+}
+
+/// The running sink.
+pub struct Sink {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Sink {
+    pub fn start(opts: Opts) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let n = {
+                    let mut s = st.lock().unwrap();
+                    s.accepted.push(Instant::now());
+                    s.auth_attempts.push(0);
+                    s.accepted.len()
+                };
+                let (st, opts) = (Arc::clone(&st), opts.clone());
+                std::thread::spawn(move || {
+                    let _ = Session::run(stream, n, st, opts);
+                });
+            }
+        });
+        Sink { port, state }
+    }
+
+    /// "127.0.0.1:PORT"
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// rule answers commands starting with `prefix` with `reply`, every time.
+    pub fn rule(&self, prefix: &str, reply: &str) {
+        self.push_rule(prefix, reply, None);
+    }
+
+    /// rule_times answers `times` commands, then falls back to the default.
+    pub fn rule_times(&self, prefix: &str, reply: &str, times: usize) {
+        self.push_rule(prefix, reply, Some(times));
+    }
+
+    fn push_rule(&self, prefix: &str, reply: &str, times: Option<usize>) {
+        let r = Rule {
+            prefix: prefix.to_ascii_uppercase(),
+            reply: reply.to_string(),
+            times,
+        };
+        self.state.lock().unwrap().rules.push(r);
+    }
+
+    pub fn clear_rules(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
+    pub fn txns(&self) -> Vec<Txn> {
+        self.state.lock().unwrap().txns.clone()
+    }
+
+    /// wait_txns waits until at least `n` transactions were accepted and returns them all.
+    pub fn wait_txns(&self, n: usize) -> Vec<Txn> {
+        wait_for(&format!("{n} transaction(s) at the smarthost"), || {
+            self.txns().len() >= n
+        });
+        self.txns()
+    }
+
+    /// Every command line, with its connection number.
+    pub fn commands(&self) -> Vec<(usize, String)> {
+        self.state.lock().unwrap().commands.clone()
+    }
+
+    /// True when any command line starts with `verb` (case-insensitive).
+    pub fn saw(&self, verb: &str) -> bool {
+        let v = verb.to_ascii_uppercase();
+        self.commands()
+            .iter()
+            .any(|(_, c)| c.to_ascii_uppercase().starts_with(&v))
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().accepted.len()
+    }
+
+    /// When each connection was accepted.
+    pub fn accepted_at(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// AUTH commands per connection (index 0 = connection 1).
+    pub fn auth_attempts(&self) -> Vec<usize> {
+        self.state.lock().unwrap().auth_attempts.clone()
+    }
+}
+
+/// The socket, plain or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    Gone,
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf),
+            Io::Tls(s) => s.read(buf),
+            Io::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(buf),
+            Io::Tls(s) => s.write(buf),
+            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Io::Plain(s) => s.flush(),
+            Io::Tls(s) => s.flush(),
+            Io::Gone => Ok(()),
+        }
+    }
+}
+
+/// Runs the TLS handshake now so a refused certificate ends the session here.
+fn accept_tls(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>) -> io::Result<Io> {
+    let mut tcp = tcp;
+    let mut conn = rustls::ServerConnection::new(cfg).map_err(io::Error::other)?;
+    while conn.is_handshaking() {
+        let (r, w) = conn.complete_io(&mut tcp)?;
+        if r == 0 && w == 0 && conn.is_handshaking() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(Io::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+struct Session {
+    io: Io,
+    buf: Vec<u8>,
+    n: usize,
+    st: Arc<Mutex<State>>,
+    opts: Opts,
+    auth: Option<(String, String)>,
+}
+
+impl Session {
+    fn run(tcp: TcpStream, n: usize, st: Arc<Mutex<State>>, opts: Opts) -> io::Result<()> {
+        tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+        tcp.set_nodelay(true)?;
+        let io = match &opts.implicit_tls {
+            Some(cfg) => accept_tls(tcp, Arc::clone(cfg))?,
+            None => Io::Plain(tcp),
+        };
+        let mut s = Session {
+            io,
+            buf: Vec::new(),
+            n,
+            st,
+            opts,
+            auth: None,
+        };
+        s.serve()
+    }
+
+    fn tls(&self) -> bool {
+        matches!(self.io, Io::Tls(_))
+    }
+
+    /// The reply a rule gives to `line`, if any (counting down limited rules).
+    fn rule(&self, line: &str) -> Option<String> {
+        let up = line.to_ascii_uppercase();
+        let mut st = self.st.lock().unwrap();
+        let i = st
+            .rules
+            .iter()
+            .position(|r| up.starts_with(&r.prefix) && r.times != Some(0))?;
+        let r = &mut st.rules[i];
+        if let Some(t) = r.times.as_mut() {
+            *t -= 1;
+        }
+        Some(r.reply.clone())
+    }
+
+    fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(String::from_utf8_lossy(&line).into_owned());
+            }
+            let mut chunk = [0u8; 8192];
+            match self.io.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+    }
+
+    /// send writes a reply ('\n' separates lines of a multi-line reply). Returns false on DROP.
+    fn send(&mut self, reply: &str) -> bool {
+        if reply == "DROP" {
+            self.io = Io::Gone;
+            return false;
+        }
+        let lines: Vec<&str> = reply.split('\n').collect();
+        let mut out = String::new();
+        for (i, l) in lines.iter().enumerate() {
+            let (code, text) = l.split_at(3.min(l.len()));
+            let text = text.strip_prefix(' ').unwrap_or(text);
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.push_str(&format!("{code}{sep}{text}\r\n"));
+        }
+        self.io.write_all(out.as_bytes()).is_ok() && self.io.flush().is_ok()
+    }
+
+    fn answer(&mut self, line: &str, default: &str) -> Option<String> {
+        let reply = self.rule(line).unwrap_or_else(|| default.to_string());
+        if self.send(&reply) {
+            Some(reply)
+        } else {
+            None
+        }
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let Some(greeting) = self.answer("GREETING", "220 sink.test ESMTP scripted") else {
+            return Ok(());
+        };
+        if !greeting.starts_with("220") {
+            // A refusing banner: wait for QUIT (or anything) and close.
+            let _ = self.read_line();
+            self.send("221 2.0.0 bye");
+            return Ok(());
+        }
+        let mut txn: Option<Txn> = None;
+        while let Some(line) = self.read_line() {
+            self.st
+                .lock()
+                .unwrap()
+                .commands
+                .push((self.n, line.clone()));
+            let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            let ok = match verb.as_str() {
+                "EHLO" => {
+                    let mut ext = vec![
+                        "250 sink.test",
+                        "PIPELINING",
+                        "8BITMIME",
+                        "SIZE 10485760",
+                        "ENHANCEDSTATUSCODES",
+                        "SMTPUTF8",
+                    ];
+                    if self.opts.starttls.is_some() && !self.tls() {
+                        ext.push("STARTTLS");
+                    }
+                    if self.opts.auth {
+                        ext.push("AUTH PLAIN LOGIN");
+                    }
+                    let default = ext
+                        .iter()
+                        .map(|e| {
+                            if e.starts_with("250") {
+                                e.to_string()
+                            } else {
+                                format!("250 {e}")
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    self.answer(&line, &default).is_some()
+                }
+                "HELO" => self.answer(&line, "250 sink.test").is_some(),
+                "STARTTLS" => {
+                    let Some(cfg) = self.opts.starttls.clone().filter(|_| !self.tls()) else {
+                        self.answer(&line, "502 5.5.1 no STARTTLS here");
+                        continue;
+                    };
+                    let Some(r) = self.answer(&line, "220 2.0.0 go ahead") else {
+                        break;
+                    };
+                    if !r.starts_with("220") {
+                        continue;
+                    }
+                    assert!(self.buf.is_empty(), "client pipelined after STARTTLS");
+                    let tcp = match std::mem::replace(&mut self.io, Io::Gone) {
+                        Io::Plain(t) => t,
+                        _ => break,
+                    };
+                    match accept_tls(tcp, cfg) {
+                        Ok(io) => self.io = io,
+                        Err(e) => {
+                            self.st
+                                .lock()
+                                .unwrap()
+                                .commands
+                                .push((self.n, format!("* TLS handshake failed: {e}")));
+                            break;
+                        }
+                    }
+                    txn = None;
+                    true
+                }
+                "AUTH" => {
+                    self.st.lock().unwrap().auth_attempts[self.n - 1] += 1;
+                    if let Some(r) = self.rule(&line) {
+                        self.send(&r)
+                    } else {
+                        self.auth_exchange(&line)
+                    }
+                }
+                "MAIL" => {
+                    let Some(r) = self.answer(&line, "250 2.1.0 sender ok") else {
+                        break;
+                    };
+                    if r.starts_with('2') {
+                        let (path, params) = path_of(&line);
+                        txn = Some(Txn {
+                            conn: self.n,
+                            mail_from: path,
+                            params,
+                            rcpts: Vec::new(),
+                            data: String::new(),
+                            tls: self.tls(),
+                            auth: self.auth.clone(),
+                        });
+                    }
+                    true
+                }
+                "RCPT" => {
+                    let default = if txn.is_some() {
+                        "250 2.1.5 recipient ok"
+                    } else {
+                        "503 5.5.1 MAIL first"
+                    };
+                    let Some(r) = self.answer(&line, default) else {
+                        break;
+                    };
+                    if let (true, Some(t)) = (r.starts_with('2'), txn.as_mut()) {
+                        t.rcpts.push(path_of(&line).0);
+                    }
+                    true
+                }
+                "DATA" => {
+                    let ready = txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
+                    let default = if ready {
+                        "354 go ahead"
+                    } else {
+                        "554 5.5.1 no valid recipients"
+                    };
+                    let Some(r) = self.answer(&line, default) else {
+                        break;
+                    };
+                    if !r.starts_with("354") {
+                        continue;
+                    }
+                    let mut data = String::new();
+                    loop {
+                        let Some(l) = self.read_line() else {
+                            return Ok(());
+                        };
+                        if l == "." {
+                            break;
+                        }
+                        data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                        data.push_str("\r\n");
+                    }
+                    let n = self.st.lock().unwrap().txns.len() + 1;
+                    let Some(r) = self.answer("DOT", &format!("250 2.0.0 Ok: queued as S{n}"))
+                    else {
+                        break;
+                    };
+                    if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
+                        t.data = data;
+                        self.st.lock().unwrap().txns.push(t);
+                    }
+                    txn = None;
+                    true
+                }
+                "RSET" => {
+                    txn = None;
+                    self.answer(&line, "250 2.0.0 ok").is_some()
+                }
+                "NOOP" => self.answer(&line, "250 2.0.0 ok").is_some(),
+                "QUIT" => {
+                    self.answer(&line, "221 2.0.0 bye");
+                    break;
+                }
+                _ => self.answer(&line, "502 5.5.2 unknown command").is_some(),
+            };
+            if !ok {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// AUTH PLAIN (with or without an initial response) and AUTH LOGIN; any credentials pass.
+    fn auth_exchange(&mut self, line: &str) -> bool {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mech = words
+            .get(1)
+            .map(|m| m.to_ascii_uppercase())
+            .unwrap_or_default();
+        let creds = match mech.as_str() {
+            "PLAIN" => {
+                let token = match words.get(2) {
+                    Some(t) => t.to_string(),
+                    None => {
+                        self.send("334 ");
+                        let Some(t) = self.read_line() else {
+                            return false;
+                        };
+                        t
+                    }
+                };
+                let raw = b64decode(&token).unwrap_or_default();
+                let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+                (parts.len() == 3).then(|| {
+                    (
+                        String::from_utf8_lossy(parts[1]).into_owned(),
+                        String::from_utf8_lossy(parts[2]).into_owned(),
+                    )
+                })
+            }
+            "LOGIN" => {
+                self.send("334 VXNlcm5hbWU6");
+                let Some(u) = self.read_line() else {
+                    return false;
+                };
+                self.send("334 UGFzc3dvcmQ6");
+                let Some(p) = self.read_line() else {
+                    return false;
+                };
+                let d = |s: &str| {
+                    String::from_utf8_lossy(&b64decode(s).unwrap_or_default()).into_owned()
+                };
+                Some((d(&u), d(&p)))
+            }
+            _ => None,
+        };
+        match creds {
+            Some(c) => {
+                self.auth = Some(c);
+                self.send("235 2.7.0 authenticated")
+            }
+            None => self.send("501 5.5.4 bad AUTH"),
+        }
+    }
+}
+
+/// path_of splits "MAIL FROM:<a@b> SIZE=1" into ("a@b", "SIZE=1").
+fn path_of(line: &str) -> (String, String) {
+    let start = line.find('<').map(|i| i + 1).unwrap_or(line.len());
+    let end = line[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(line.len());
+    (
+        line[start..end].to_string(),
+        line.get(end + 1..).unwrap_or("").trim().to_string(),
+    )
+}
+
+/// b64decode is a strict-enough RFC 4648 decoder for AUTH payloads.
+pub fn b64decode(s: &str) -> Option<Vec<u8>> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let s = s.trim().trim_end_matches('=');
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = A.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
