@@ -3,15 +3,21 @@ PREFIX    ?= /usr/local
 SYSCONFDIR ?= /etc
 DESTDIR   ?=
 CARGO     ?= cargo
-BIN       := target/release/picorelay
+RELEASE_BIN := target/release/picorelay
+# What `make install` copies; BIN=path installs a binary built elsewhere (the
+# install test passes its debug build) without a release build first.
+BIN       ?= $(RELEASE_BIN)
 RUN_DIR   := run
 
-UNITDIR   ?= /lib/systemd/system
-SYSUSERSDIR ?= /usr/lib/sysusers.d
-TMPFILESDIR ?= /usr/lib/tmpfiles.d
+# systemd reads units, sysusers.d and tmpfiles.d from /usr/local/lib as well as
+# /usr/lib, so these follow PREFIX (PREFIX=/usr for a distribution package).
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SBINDIR   := $(PREFIX)/sbin
+BINDIR    := $(PREFIX)/bin
 
-.PHONY: all build release run test size install install-sendmail uninstall clean
+.PHONY: all build release run test size bench install install-sendmail uninstall clean fuzz
 
 all: build
 
@@ -31,35 +37,69 @@ test:
 	$(CARGO) test --locked -- --test-threads=4
 
 size: release
-	@ls -l $(BIN) | awk '{ printf "stripped release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
+	@ls -l $(RELEASE_BIN) | awk '{ printf "stripped release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
+
+# Loads the release binary on loopback with a built-in sink smarthost and
+# writes BENCHMARKS.md. `make bench BENCH_ARGS=--quick` for a short run;
+# bench/peers/postfix.sh runs the same loads against Postfix side by side.
+BENCH_ARGS ?=
+bench: release
+	$(CARGO) bench --locked --bench bench -- $(BENCH_ARGS)
+
+# Runs every fuzz target (fuzz/README.md) for FUZZ_SECONDS each, one after the
+# other; new inputs go to fuzz/work/TARGET, crashes to fuzz/artifacts/TARGET.
+# Needs `cargo install cargo-fuzz`. `-s none`: no sanitizer, the one build that
+# works on stable Rust (ASan needs nightly -Z flags; the fuzzed code has no unsafe).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= command address data session spool_header config reply
+fuzz:
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p work/$$t && \
+		$(CARGO) fuzz run -s none $$t work/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 # Installs the binary, the example config (never over an existing one), the
-# systemd unit, sysusers and tmpfiles snippets.
-install: release
+# systemd unit, sysusers and tmpfiles snippets. Afterwards, on a systemd host:
+#   systemd-sysusers; systemd-tmpfiles --create; systemctl daemon-reload
+#   systemctl enable --now picorelay
+install: $(if $(filter $(RELEASE_BIN),$(BIN)),release)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/picorelay \
 		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/picorelay
 	test -e $(DESTDIR)$(SYSCONFDIR)/picorelay/picorelay.ini || \
 		install -m 0640 etc/picorelay.ini $(DESTDIR)$(SYSCONFDIR)/picorelay/picorelay.ini
 	sed -e 's|/usr/local/sbin/picorelay|$(SBINDIR)/picorelay|g' \
-		-e 's|/etc/picorelay/|$(SYSCONFDIR)/picorelay/|g' \
+		-e 's|/etc/picorelay\([/ ]\)|$(SYSCONFDIR)/picorelay\1|g' \
 		systemd/picorelay.service > $(DESTDIR)$(UNITDIR)/picorelay.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/picorelay.service
 	install -m 0644 systemd/picorelay.sysusers $(DESTDIR)$(SYSUSERSDIR)/picorelay.conf
-	install -m 0644 systemd/picorelay.tmpfiles $(DESTDIR)$(TMPFILESDIR)/picorelay.conf
+	sed -e 's|/etc/picorelay\([/ ]\)|$(SYSCONFDIR)/picorelay\1|g' \
+		systemd/picorelay.tmpfiles > $(DESTDIR)$(TMPFILESDIR)/picorelay.conf
+	chmod 0644 $(DESTDIR)$(TMPFILESDIR)/picorelay.conf
 
-# The sendmail, mailq and mail names, as links to picorelay.
+# The sendmail, mailq and mail names, as links to picorelay. A sendmail or mail
+# that is not already our link (another MTA's) is left alone, with an error.
+LINKS := $(SBINDIR)/sendmail $(BINDIR)/mailq $(BINDIR)/mail
 install-sendmail: install
-	install -d $(DESTDIR)$(PREFIX)/bin
-	ln -sf $(SBINDIR)/picorelay $(DESTDIR)$(SBINDIR)/sendmail
-	ln -sf $(SBINDIR)/picorelay $(DESTDIR)$(PREFIX)/bin/mailq
-	ln -sf $(SBINDIR)/picorelay $(DESTDIR)$(PREFIX)/bin/mail
+	install -d $(DESTDIR)$(BINDIR)
+	@for l in $(LINKS); do \
+		if [ -e "$(DESTDIR)$$l" ] || [ -L "$(DESTDIR)$$l" ]; then \
+			[ "$$(readlink "$(DESTDIR)$$l")" = "$(SBINDIR)/picorelay" ] && continue; \
+			echo "$(DESTDIR)$$l exists and is not picorelay's: remove it (or the MTA that owns it) first" >&2; \
+			exit 1; \
+		fi; \
+		echo "ln -s $(SBINDIR)/picorelay $(DESTDIR)$$l"; \
+		ln -s $(SBINDIR)/picorelay "$(DESTDIR)$$l" || exit 1; \
+	done
 
 # Removes what install and install-sendmail put in place, but never the
-# config or the spool (they hold the user's data).
+# config or the spool (they hold the user's data); links only when they are ours.
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/picorelay $(DESTDIR)$(SBINDIR)/sendmail \
-		$(DESTDIR)$(PREFIX)/bin/mailq $(DESTDIR)$(PREFIX)/bin/mail \
+	@for l in $(LINKS); do \
+		[ "$$(readlink "$(DESTDIR)$$l")" = "$(SBINDIR)/picorelay" ] && rm -f "$(DESTDIR)$$l"; \
+	done; true
+	rm -f $(DESTDIR)$(SBINDIR)/picorelay \
 		$(DESTDIR)$(UNITDIR)/picorelay.service $(DESTDIR)$(SYSUSERSDIR)/picorelay.conf \
 		$(DESTDIR)$(TMPFILESDIR)/picorelay.conf
 

@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// RFC 5321 4.5.3.2.4: DATA initiation, 2 minutes (capped by `Settings::command_timeout`).
 const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -324,8 +324,8 @@ impl Wire {
         self.send(&[(line, line)], tr)
     }
 
-    /// Reads one line (without CR LF) of at most MAX_PEER_REPLY_LINE octets.
-    fn read_line(&mut self) -> Result<Vec<u8>, WireError> {
+    /// Reads one line (without CR LF) of at most MAX_PEER_REPLY_LINE octets, by `deadline`.
+    fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>, WireError> {
         loop {
             if let Some(i) = self.buf[self.start..self.end]
                 .iter()
@@ -348,6 +348,11 @@ impl Wire {
                 self.end -= self.start;
                 self.start = 0;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WireError::Timeout);
+            }
+            self.stream.tcp().set_read_timeout(Some(nonzero(left)))?;
             let n = loop {
                 match self.stream.read(&mut self.buf[self.end..]) {
                     Ok(n) => break n,
@@ -362,18 +367,21 @@ impl Wire {
         }
     }
 
-    /// Reads a whole (multi-line) reply within `timeout` per read. `mask` hides 334 challenges.
+    /// Reads a whole (multi-line) reply within `timeout`. `mask` hides 334 challenges.
     fn read_reply(
         &mut self,
         timeout: Duration,
         mask: bool,
         tr: Transcript<'_>,
     ) -> Result<Reply, WireError> {
-        self.stream.tcp().set_read_timeout(Some(nonzero(timeout)))?;
+        // RFC 5321 4.5.3.2: the timeout bounds the whole reply, not each read; a server that
+        // trickles a byte at a time would otherwise hold delivery for up to MAX_REPLY_LINES
+        // lines of MAX_PEER_REPLY_LINE octets, one timeout per byte.
+        let deadline = Instant::now() + nonzero(timeout);
         let mut lines = Vec::new();
         let mut code = 0;
         loop {
-            let raw = self.read_line()?;
+            let raw = self.read_line(deadline)?;
             let shown = if mask && raw.starts_with(b"334") {
                 format!("334 {MASK}")
             } else {
@@ -1512,6 +1520,27 @@ mod tests {
             drop(c);
             assert!(!has(&srv.log(), "RCPT"));
         }
+    }
+
+    #[test]
+    fn reply_trickled_byte_by_byte_times_out_as_a_whole() {
+        // Regression (issue 7): the timeout applied to each read, so a server sending one byte
+        // every (timeout - ε) could hold delivery for hours. Each byte here comes well within
+        // the timeout; the whole greeting does not.
+        let mut script = Vec::new();
+        for b in b"220 smarthost.test ESMTP slowly\r\n" {
+            script.push(Wait(60));
+            script.push(Raw(vec![*b]));
+        }
+        let srv = serve(script);
+        let mut s = settings(&[srv.port], TlsMode::None);
+        s.command_timeout = Duration::from_millis(600);
+        let started = std::time::Instant::now();
+        let e = Connection::open(&s, None).err().expect("a timeout");
+        assert!(started.elapsed() < Duration::from_millis(1500), "{e}");
+        assert_eq!(e.stage, Stage::Connect, "{e}");
+        assert!(e.message.contains("greeting: timed out"), "{e}");
+        drop(srv);
     }
 
     #[test]

@@ -57,6 +57,7 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("password", ""),
             ("password_file", ""),
             ("helo", ""), // server.hostname
+            ("timeout", "5m"),
         ],
     ),
     (
@@ -246,6 +247,9 @@ pub struct Smarthost {
     pub password: Option<String>,
     /// Name sent in EHLO; default: server.hostname.
     pub helo: String,
+    /// How long to wait for each smarthost reply (RFC 5321 4.5.3.2: 5 minutes); the reply to
+    /// the final dot gets twice as long (4.5.3.2.6: 10 minutes).
+    pub timeout: Duration,
 }
 
 impl fmt::Debug for Smarthost {
@@ -260,6 +264,7 @@ impl fmt::Debug for Smarthost {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "********"))
             .field("helo", &self.helo)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -1153,6 +1158,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             parse_hostname(s)
         }
     });
+    let sh_timeout = l.val(sh, "timeout", duration_positive);
     let password = match (password_value, &password_file) {
         (Some(_), Some(_)) => {
             l.err(
@@ -1164,7 +1170,19 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         }
         (Some(p), None) => Some(p),
         (None, Some(file)) => match read_first_line(file) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                if let Some(mode) = open_to_others(file) {
+                    l.warn(
+                        sh,
+                        "password_file",
+                        format!(
+                            "{} is readable or writable by other users (mode {mode:04o}): run chmod o-rwx on it",
+                            file.display()
+                        ),
+                    );
+                }
+                Some(p)
+            }
             Err(reason) => {
                 l.err(sh, "password_file", format!("{}: {reason}", file.display()));
                 None
@@ -1298,6 +1316,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             username,
             password,
             helo,
+            timeout: sh_timeout,
         },
         queue: Queue {
             dir,
@@ -1544,6 +1563,14 @@ fn fingerprint(s: &str) -> Result<Option<[u8; 32]>, String> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// open_to_others returns the permission bits of `path` when other users (neither owner nor
+/// group) may read or write it: a secret file must not be (the relay's group reading it is fine).
+fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o006 != 0).then_some(mode)
 }
 
 fn read_first_line(path: &Path) -> Result<String, String> {
@@ -1833,6 +1860,7 @@ mod tests {
                 "[smarthost]\nhelo = a_b c",
                 r#"picorelay.ini: [smarthost] helo: "a_b c" is not a host name (letters, digits, - and . like mail.example.com)"#,
             ),
+            ("[smarthost]\ntimeout = 0", "picorelay.ini: [smarthost] timeout: 0 is too short (at least 1s)"),
             // [queue]
             ("[queue]\nretry_min = 2h", "picorelay.ini: [queue] retry_min: 2h is longer than retry_max (1h)"),
             ("[queue]\nretry_max = 30s", "picorelay.ini: [queue] retry_min: 1m is longer than retry_max (30s)"),
@@ -1975,6 +2003,7 @@ mod tests {
             (None, None, None, None)
         );
         assert_eq!(h.helo, s.hostname);
+        assert_eq!(h.timeout, Duration::from_secs(300));
         let q = &c.queue;
         assert_eq!(q.dir, PathBuf::from("/var/spool/picorelay"));
         assert_eq!(q.retry_min, Duration::from_secs(60));
@@ -2037,6 +2066,7 @@ mod tests {
     fn full_config() {
         let pw = temp_path("pw");
         std::fs::write(&pw, "s3cret ;x\nsecond line\n").unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
         let text = format!(
             "[server]
 listen = 0.0.0.0:25, [::]:2525, , 127.0.0.1:0
@@ -2186,6 +2216,38 @@ file = /var/log/picorelay.log
             summary.contains("spool spool (max 1G), retry 30s..30s, lifetime 1d"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn password_file_open_to_others_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let pw = temp_path("pw-modes");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let text = format!(
+            "[smarthost]\nhost = h\nusername = u\npassword_file = {}",
+            pw.display()
+        );
+        for (mode, warned) in [(0o600, false), (0o640, false), (0o644, true), (0o602, true)] {
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+            let c = good(&text);
+            assert_eq!(c.smarthost.password.as_deref(), Some("s3cret"));
+            let want = format!(
+                "picorelay.ini: [smarthost] password_file: {} is readable or writable by other users (mode {mode:04o}): run chmod o-rwx on it",
+                pw.display()
+            );
+            let got: Vec<&String> = c
+                .warnings
+                .iter()
+                .filter(|w| w.contains("password_file"))
+                .collect();
+            assert_eq!(
+                got,
+                if warned { vec![&want] } else { vec![] },
+                "mode {mode:o}"
+            );
+            assert!(!c.warnings.iter().any(|w| w.contains("s3cret")));
+        }
+        let _ = std::fs::remove_file(&pw);
     }
 
     #[test]

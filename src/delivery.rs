@@ -18,6 +18,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufReader, Cursor, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -34,10 +35,6 @@ use crate::tls;
 
 /// TCP connect, per address tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// RFC 5321 4.5.3.2.1-4.5.3.2.3: greeting, MAIL, RCPT: 5 minutes.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// RFC 5321 4.5.3.2.6: the reply to the final dot: 10 minutes.
-const DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How often queue/ is listed for messages committed by other processes.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How long an idle smarthost connection is kept for messages arriving right after.
@@ -93,7 +90,6 @@ pub struct DeliveryState {
 
 impl DeliveryState {
     /// snapshot is a copy of the current state.
-    #[allow(dead_code)] // read by `picorelay status` (issue 5)
     pub fn snapshot(&self) -> StatusSnapshot {
         self.lock().clone()
     }
@@ -179,8 +175,10 @@ pub fn settings(cfg: &Config) -> Result<Settings, String> {
         password: sh.password.clone(),
         helo: sh.helo.clone(),
         connect_timeout: CONNECT_TIMEOUT,
-        command_timeout: COMMAND_TIMEOUT,
-        data_timeout: DATA_TIMEOUT,
+        // RFC 5321 4.5.3.2.1-4.5.3.2.3: greeting, MAIL, RCPT: `[smarthost] timeout`, 5 minutes.
+        command_timeout: sh.timeout,
+        // RFC 5321 4.5.3.2.6: the reply to the final dot, 10 minutes: twice the command timeout.
+        data_timeout: sh.timeout.saturating_mul(2),
     })
 }
 
@@ -415,14 +413,12 @@ impl Runner {
 
     /// set_config switches to a reloaded config (SIGHUP, issue 5); an open smarthost
     /// connection made with the old one is closed first.
-    #[allow(dead_code)] // wired by the reload issue
     pub fn set_config(&self, cfg: Arc<Config>) {
         self.shared.lock().cfg = cfg;
         self.shared.wake.notify_all();
     }
 
     /// state is shared with the status command.
-    #[allow(dead_code)] // read by `picorelay status` (issue 5)
     pub fn state(&self) -> Arc<DeliveryState> {
         Arc::clone(&self.shared.state)
     }
@@ -480,7 +476,13 @@ pub fn request_flush(spool: &Spool) -> Result<usize, SpoolError> {
         .filter(|e| e.next_attempt > now)
         .count();
     let path = spool.dir().join(FLUSH_TRIGGER);
-    std::fs::write(&path, b"")
+    // 0640 like every spool file, whatever umask `queue flush` was started with.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(&path)
         .map_err(|e| SpoolError::Io(format!("cannot write {}: {e}", path.display())))?;
     Ok(deferred)
 }
@@ -1330,5 +1332,22 @@ mod tests {
         ix.insert("A", e(1)); // re-insert replaces
         assert_eq!(ix.by_due.len(), 2);
         assert_eq!(ix.first_due(), Some((1, "A".to_string())));
+    }
+
+    #[test]
+    fn flush_trigger_is_0640_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // Regression (issue 7 review): `queue flush` wrote the trigger with fs::write, so its
+        // mode followed the caller's umask (0666 under umask 000).
+        let dir = std::env::temp_dir().join(format!("picorelay-flush-mode-{}", std::process::id()));
+        let spool = Spool::open(&dir, 0).unwrap();
+        assert_eq!(request_flush(&spool).unwrap(), 0);
+        let mode = std::fs::metadata(dir.join(FLUSH_TRIGGER))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        assert!(take_flush_trigger(&spool));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,8 +8,10 @@ mod crypt;
 mod delivery;
 mod logging;
 mod message;
+mod privilege;
 mod probe;
 mod queue_cmd;
+mod reload;
 mod rewrite;
 mod sendmail;
 mod serve;
@@ -17,6 +19,7 @@ mod server;
 mod session;
 mod smtp;
 mod spool;
+mod status;
 mod sys;
 mod tls;
 
@@ -37,6 +40,8 @@ commands:
   queue show ID            print a queued message (envelope, then message)
   queue delete ID...       remove messages from the queue
   queue flush              make the running relay retry every deferred message now
+  status [--json]          is the relay running; queue, last delivery, last errors, pause
+                           (exit 0 running, 3 not running, 4 cannot tell)
   probe [--to ADDR]        connect to the smarthost as delivery does, print the transcript;
                            with --to, also send a test message to ADDR
   sendmail [OPTIONS] [RCPT...]
@@ -118,6 +123,8 @@ fn main() -> ExitCode {
         ["queue", "show", id] => queue_cmd::show(&args.config, id),
         ["queue", "delete", ids @ ..] if !ids.is_empty() => queue_cmd::delete(&args.config, ids),
         ["queue", "flush"] => delivery::flush_command(&args.config),
+        ["status"] => status::run(&args.config, false),
+        ["status", "--json"] => status::run(&args.config, true),
         ["sendmail", rest @ ..] => sendmail::run(&args.config, rest),
         ["probe"] => probe::run(&args.config, None),
         ["probe", "--to", to] => probe::run(&args.config, Some(to)),

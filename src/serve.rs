@@ -1,15 +1,19 @@
-//! The `serve` and `check` commands: wire config, logging, spool, TLS and the
-//! server together, then run the main loop until SIGTERM/SIGINT.
+//! The `serve` and `check` commands: wire config, logging, privileges, spool,
+//! TLS and the server together, then run the main loop until SIGTERM/SIGINT
+//! (SIGHUP reloads, SIGUSR1 flushes; systemd hears READY/RELOADING/STOPPING).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::delivery::{self, Runner};
-use crate::logging;
+use crate::delivery::{Runner, StageError};
+use crate::logging::{self, LogFile};
+use crate::privilege::{self, Plan};
+use crate::reload;
 use crate::server::{self, Server, Shared};
 use crate::spool::Spool;
+use crate::status::Publisher;
 use crate::sys::{self, Signal, SignalPipe};
 use crate::tls::{self, ServerTls};
 
@@ -34,25 +38,40 @@ pub fn load_config(path: &Path) -> Option<Config> {
 }
 
 /// check validates the config and what it points to; exit 0 valid, 1 invalid.
+/// Every line goes to stdout, so one run shows every problem.
 pub fn check(path: &Path) -> u8 {
-    let Some(cfg) = load_config(path) else {
-        return 1;
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for line in &errors.0 {
+                println!("{line}");
+            }
+            return 1;
+        }
     };
     let mut problems = cfg.check_resources();
     let file = path.display();
-    if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+    // The files must be readable before it is worth parsing them; an unreadable
+    // one is already reported above.
+    let tls_files_ok = !problems
+        .iter()
+        .any(|p| p.contains("tls_cert") || p.contains("tls_key"));
+    if let (Some(cert), Some(key), true) = (&cfg.server.tls_cert, &cfg.server.tls_key, tls_files_ok)
+    {
         if let Err(e) = tls::server_config(cert, key) {
             problems.push(format!("{file}: [server] {e}"));
         }
     }
-    if let Err(e) = tls::client_config(
-        cfg.smarthost.tls_verify,
-        cfg.smarthost.ca_file.as_deref(),
-        cfg.smarthost.tls_fingerprint,
-    ) {
-        problems.push(format!("{file}: [smarthost] {e}"));
+    let ca_ok = !problems.iter().any(|p| p.contains("ca_file"));
+    if ca_ok {
+        if let Err(e) = tls::client_config(
+            cfg.smarthost.tls_verify,
+            cfg.smarthost.ca_file.as_deref(),
+            cfg.smarthost.tls_fingerprint,
+        ) {
+            problems.push(format!("{file}: [smarthost] {e}"));
+        }
     }
-    problems.sort();
     problems.dedup();
     for p in &problems {
         println!("{p}");
@@ -68,11 +87,15 @@ pub fn check(path: &Path) -> u8 {
     }
 }
 
+/// Exit code for a config that cannot be loaded: 1, like every start-up error
+/// (interface.md). The systemd unit does not restart on it.
+pub const EXIT_CONFIG: u8 = 1;
+
 /// run serves until SIGTERM/SIGINT; exit 0 after a clean shutdown, 1 on a
-/// start-up error (printed as one line on stderr).
+/// start-up error: every config problem printed, or one line on stderr.
 pub fn run(path: &Path) -> u8 {
     let Some(cfg) = load_config(path) else {
-        return 1;
+        return EXIT_CONFIG;
     };
     match start(cfg) {
         Ok(()) => 0,
@@ -85,8 +108,17 @@ pub fn run(path: &Path) -> u8 {
 }
 
 fn start(cfg: Config) -> Result<(), String> {
-    let _log_file = logging::init(cfg.log.level, cfg.log.file.as_deref())?;
+    // Whatever umask we inherited, nothing we create is group-writable or
+    // world-readable (the spool asks for 0750/0640 itself; this covers the rest).
+    sys::restrict_umask(0o027);
+    let log_created = cfg.log.file.as_ref().is_some_and(|p| !p.exists());
+    let log_file = logging::init(cfg.log.level, cfg.log.file.as_deref())?;
     let file = cfg.path.display().to_string();
+    let signals =
+        SignalPipe::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let plan = privilege::plan(&cfg)?;
+    // As root, before the drop: the key may be readable by root only, the
+    // ports may be below 1024 and the spool's parent may belong to root.
     let server_tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => {
             Some(ServerTls::load(cert, key).map_err(|e| format!("{file}: [server] {e}"))?)
@@ -95,13 +127,7 @@ fn start(cfg: Config) -> Result<(), String> {
     };
     let spool = Spool::open(&cfg.queue.dir, cfg.queue.max_size)
         .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
-    let _ = spool.clean_tmp(TMP_LEFTOVER_AGE);
-    let queued = spool
-        .scan()
-        .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
     let listeners = server::bind(&cfg)?;
-    let signals =
-        SignalPipe::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let pid_file = cfg.server.pid_file.clone();
     if let Some(p) = &pid_file {
         // A stale file from a crash is simply overwritten.
@@ -112,6 +138,42 @@ fn start(cfg: Config) -> Result<(), String> {
             )
         })?;
     }
+    match &plan {
+        Plan::Drop(acct) => {
+            privilege::give_spool(spool.dir(), acct)
+                .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
+            if let (true, Some(p)) = (log_created, &cfg.log.file) {
+                privilege::give(p, acct).map_err(|e| format!("{file}: [log] file: {e}"))?;
+            }
+            sys::drop_privileges(acct).map_err(|e| {
+                format!("{file}: [server] user: cannot switch to {}: {e}", acct.name)
+            })?;
+            log::info!(
+                "running as {} (uid {}, gid {})",
+                acct.name,
+                acct.uid,
+                acct.gid
+            );
+        }
+        Plan::AsIs(warnings) => {
+            for w in warnings {
+                log::warn!("{w}");
+            }
+        }
+    }
+    privilege::check_spool_writable(spool.dir())
+        .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
+    if sys::on_ram_filesystem(spool.dir()) {
+        log::warn!(
+            "the spool {} is on a RAM filesystem (tmpfs/ramfs): queued mail is lost at reboot or power loss; \
+             put [queue] dir on persistent storage unless flash wear matters more",
+            spool.dir().display()
+        );
+    }
+    let _ = spool.clean_tmp(TMP_LEFTOVER_AGE);
+    let queued = spool
+        .scan()
+        .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
     for line in cfg.summary() {
         log::info!("{line}");
     }
@@ -126,7 +188,7 @@ fn start(cfg: Config) -> Result<(), String> {
     let delivery = runner.handle();
     let shared = Arc::new(Shared::new(
         Arc::clone(&cfg),
-        spool,
+        Arc::clone(&spool),
         server_tls,
         Box::new(move |id: &str| delivery.notify(id)),
     ));
@@ -135,22 +197,53 @@ fn start(cfg: Config) -> Result<(), String> {
     for a in server.local_addrs() {
         log::info!("listening on {a}");
     }
-    main_loop(&server, &shared, &signals, &runner.handle());
+    let mut publisher = Publisher::new(spool.dir());
+    publish(&mut publisher, &shared, &runner);
+    // Listeners answer, root is gone, the queue is known: ready (systemd Type=notify).
+    sys::sd_notify("READY=1");
+    main_loop(
+        &server,
+        &shared,
+        &signals,
+        &runner,
+        log_file.as_ref(),
+        &mut publisher,
+    );
+    sys::sd_notify("STOPPING=1");
     log::info!("shutting down");
     server.shutdown(SHUTDOWN_GRACE);
     runner.stop(SHUTDOWN_GRACE);
+    publisher.remove();
     if let Some(p) = &pid_file {
+        // May fail after the drop (a root-owned /run): harmless, the pid is checked.
         let _ = std::fs::remove_file(p);
     }
     log::info!("stopped");
     Ok(())
 }
 
+/// publish answers status requests and refreshes systemd's STATUS= line.
+fn publish(publisher: &mut Publisher, shared: &Shared, runner: &Runner) {
+    let accept = shared
+        .last_accept_error()
+        .map(|(time, message)| StageError { time, message });
+    let _ = publisher.publish(&runner.state().snapshot(), accept);
+}
+
 /// main_loop accepts connections and reacts to signals until SIGTERM/SIGINT.
-fn main_loop(server: &Server, shared: &Shared, signals: &SignalPipe, delivery: &delivery::Handle) {
+fn main_loop(
+    server: &Server,
+    shared: &Shared,
+    signals: &SignalPipe,
+    runner: &Runner,
+    log_file: Option<&LogFile>,
+    publisher: &mut Publisher,
+) {
     let mut fds = server.fds();
+    let n_listeners = fds.len();
     fds.push(signals.fd());
-    let sig_idx = fds.len() - 1;
+    // The status socket: its requests are answered by publish() below.
+    fds.extend(publisher.fd());
     loop {
         let ready = match sys::poll_readable(&fds, Duration::from_millis(250)) {
             Ok(r) => r,
@@ -160,29 +253,17 @@ fn main_loop(server: &Server, shared: &Shared, signals: &SignalPipe, delivery: &
                 Vec::new()
             }
         };
-        for &i in &ready {
-            if i != sig_idx {
-                server.accept_ready(i);
-            }
+        for &i in ready.iter().filter(|&&i| i < n_listeners) {
+            server.accept_ready(i);
         }
         server.expire_waiting();
         for sig in signals.take() {
             match sig {
                 Signal::Terminate => return,
-                Signal::Reload => reload_tls(shared),
-                Signal::Flush => delivery.flush(),
+                Signal::Reload => reload::reload(shared, runner, log_file),
+                Signal::Flush => runner.handle().flush(),
             }
         }
-    }
-}
-
-/// reload_tls re-reads the certificate and key (renewed by certbot or acme.sh);
-/// a failure keeps the old pair.
-fn reload_tls(shared: &Shared) {
-    if let Some(t) = &shared.tls {
-        match t.reload() {
-            Ok(()) => log::info!("reloaded the TLS certificate and key"),
-            Err(e) => log::error!("TLS reload failed, keeping the old certificate: {e}"),
-        }
+        publish(publisher, shared, runner);
     }
 }

@@ -91,6 +91,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     brake: Mutex<HashMap<IpAddr, BrakeEntry>>,
     active: Mutex<HashMap<u64, TcpStream>>,
+    /// The last time the spool could not take a message, and why (`status`).
+    accept_error: Mutex<Option<(u64, String)>>,
     /// Called after each message is committed (wakes the delivery runner).
     pub on_queued: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -120,6 +122,7 @@ impl Shared {
             per_ip: Mutex::new(HashMap::new()),
             brake: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            accept_error: Mutex::new(None),
             on_queued,
         }
     }
@@ -136,6 +139,16 @@ impl Shared {
             .read()
             .map(|c| Arc::clone(&c))
             .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// last_accept_error is when and why the spool last refused or lost a
+    /// message being received (452 4.3.1 to the client), for `status`.
+    pub fn last_accept_error(&self) -> Option<(u64, String)> {
+        lock(&self.accept_error).clone()
+    }
+
+    fn note_accept_error(&self, why: String) {
+        *lock(&self.accept_error) = Some((message::now(), why));
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -815,6 +828,7 @@ fn receive_data(
         Ok(i) => Some(i),
         Err(e) => {
             log::warn!("{}: spool refused a new message: {e}", peer.tag);
+            shared.note_accept_error(format!("spool refused a message: {e}"));
             let r = session.data_finished(DataOutcome::StorageFailed);
             log_refusal(peer, "DATA", &Action::Reply(r.clone()));
             conn.push(&r);
@@ -837,7 +851,7 @@ fn receive_data(
         recipient: (txn.recipients.len() == 1).then(|| txn.recipients[0].as_str()),
         time: env.arrival,
     });
-    let mut write_failed = write_spool(&mut incoming, header.as_bytes(), peer);
+    let mut write_failed = write_spool(shared, &mut incoming, header.as_bytes(), peer);
     conn.set_timeout(cfg.server.data_timeout);
     let mut reader = DataReader::new(cfg.server.max_message_size);
     let mut chunk = Vec::with_capacity(READ_CHUNK + 64);
@@ -846,7 +860,7 @@ fn receive_data(
         conn.pos += used;
         if !chunk.is_empty() {
             if !write_failed && !reader.exceeded() {
-                write_failed = write_spool(&mut incoming, &chunk, peer);
+                write_failed = write_spool(shared, &mut incoming, &chunk, peer);
             }
             chunk.clear();
         }
@@ -881,6 +895,7 @@ fn receive_data(
             Some(Ok(id)) => DataOutcome::Queued(id),
             Some(Err(e)) => {
                 log::error!("{}: could not commit the message: {e}", peer.tag);
+                shared.note_accept_error(format!("could not commit a message: {e}"));
                 DataOutcome::StorageFailed
             }
             None => DataOutcome::StorageFailed,
@@ -909,7 +924,12 @@ fn receive_data(
 
 /// write_spool appends to the message file; returns true when it failed (the
 /// message will be answered 452 once its data has been read).
-fn write_spool(incoming: &mut Option<crate::spool::Incoming>, buf: &[u8], peer: &Peer) -> bool {
+fn write_spool(
+    shared: &Shared,
+    incoming: &mut Option<crate::spool::Incoming>,
+    buf: &[u8],
+    peer: &Peer,
+) -> bool {
     let Some(i) = incoming.as_mut() else {
         return true;
     };
@@ -917,6 +937,7 @@ fn write_spool(incoming: &mut Option<crate::spool::Incoming>, buf: &[u8], peer: 
         Ok(()) => false,
         Err(e) => {
             log::error!("{}: writing the message to the spool failed: {e}", peer.tag);
+            shared.note_accept_error(format!("writing a message to the spool failed: {e}"));
             *incoming = None;
             true
         }

@@ -264,9 +264,16 @@ pub fn drop_privileges(acct: &Account) -> Result<(), String> {
     Ok(())
 }
 
-/// chown_path gives `path` to `acct` (the spool, created by root before the drop).
-pub fn chown_path(path: &std::path::Path, acct: &Account) -> io::Result<()> {
-    std::os::unix::fs::chown(path, Some(acct.uid), Some(acct.gid))
+/// restrict_umask narrows the process umask to at least `bits` (e.g. 0o027),
+/// keeping whatever tighter bits it already has: files the relay creates then
+/// never end up group-writable or world-readable whatever umask it inherited.
+pub fn restrict_umask(bits: u32) {
+    // SAFETY: umask has no preconditions and cannot fail; called twice to read
+    // the old value, on the main thread before any other thread exists.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | bits as libc::mode_t);
+    }
 }
 
 /// on_ram_filesystem tells whether `path` lives on tmpfs or ramfs (OpenWrt's

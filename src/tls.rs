@@ -57,34 +57,34 @@ impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TlsError::Read { key, path, reason } => {
-                write!(f, "{key} {}: cannot read: {reason}", path.display())
+                write!(f, "{key}: {}: cannot read: {reason}", path.display())
             }
             TlsError::Pem { key, path, reason } => {
-                write!(f, "{key} {}: bad PEM: {reason}", path.display())
+                write!(f, "{key}: {}: bad PEM: {reason}", path.display())
             }
             TlsError::NoCertificate { key, path } => write!(
                 f,
-                "{key} {}: no certificate found: give a PEM file with BEGIN CERTIFICATE blocks",
+                "{key}: {}: no certificate found: give a PEM file with BEGIN CERTIFICATE blocks",
                 path.display()
             ),
             TlsError::NoKey { path } => write!(
                 f,
-                "tls_key {}: no private key found: give an unencrypted PEM key (PKCS#8, RSA or EC)",
+                "tls_key: {}: no private key found: give an unencrypted PEM key (PKCS#8, RSA or EC)",
                 path.display()
             ),
             TlsError::BadKey { path, reason } => {
-                write!(f, "tls_key {}: unusable key: {reason}", path.display())
+                write!(f, "tls_key: {}: unusable key: {reason}", path.display())
             }
             TlsError::BadCertificate { key, path, reason } => {
                 write!(
                     f,
-                    "{key} {}: unusable certificate: {reason}",
+                    "{key}: {}: unusable certificate: {reason}",
                     path.display()
                 )
             }
             TlsError::KeyMismatch { key, cert } => write!(
                 f,
-                "tls_key {}: key does not match the certificate in tls_cert {}",
+                "tls_key: {}: key does not match the certificate in tls_cert {}",
                 key.display(),
                 cert.display()
             ),
@@ -925,43 +925,43 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
             (
                 missing.clone(),
                 p("rsa.key"),
-                format!("tls_cert {}: cannot read: No such file", missing.display()),
+                format!("tls_cert: {}: cannot read: No such file", missing.display()),
             ),
             (
                 p("rsa.pem"),
                 missing.clone(),
-                format!("tls_key {}: cannot read: No such file", missing.display()),
+                format!("tls_key: {}: cannot read: No such file", missing.display()),
             ),
             (
                 empty.clone(),
                 p("rsa.key"),
-                format!("tls_cert {}: no certificate found", empty.display()),
+                format!("tls_cert: {}: no certificate found", empty.display()),
             ),
             (
                 p("rsa.key"),
                 p("rsa.key"),
-                format!("tls_cert {}: no certificate found", p("rsa.key").display()),
+                format!("tls_cert: {}: no certificate found", p("rsa.key").display()),
             ),
             (
                 garbage.clone(),
                 p("rsa.key"),
-                format!("tls_cert {}: bad PEM", garbage.display()),
+                format!("tls_cert: {}: bad PEM", garbage.display()),
             ),
             (
                 p("rsa.pem"),
                 p("rsa.pem"),
-                format!("tls_key {}: no private key found", p("rsa.pem").display()),
+                format!("tls_key: {}: no private key found", p("rsa.pem").display()),
             ),
             (
                 p("ec.pem"),
                 enc.clone(),
-                format!("tls_key {}: no private key found", enc.display()),
+                format!("tls_key: {}: no private key found", enc.display()),
             ),
             (
                 p("rsa.pem"),
                 p("ec.key"),
                 format!(
-                    "tls_key {}: key does not match the certificate in tls_cert {}",
+                    "tls_key: {}: key does not match the certificate in tls_cert {}",
                     p("ec.key").display(),
                     p("rsa.pem").display()
                 ),
@@ -970,7 +970,7 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
                 p("ec.pem"),
                 p("self.key"),
                 format!(
-                    "tls_key {}: key does not match the certificate in tls_cert {}",
+                    "tls_key: {}: key does not match the certificate in tls_cert {}",
                     p("self.key").display(),
                     p("ec.pem").display()
                 ),
@@ -993,7 +993,7 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
         }
         // ca_file problems.
         let e = client_config(true, Some(&missing), None).unwrap_err();
-        assert!(e.to_string().starts_with("ca_file "), "{e}");
+        assert!(e.to_string().starts_with("ca_file: "), "{e}");
         let e = client_config(true, Some(&empty), None).unwrap_err();
         assert!(e.to_string().contains("no certificate found"), "{e}");
         assert!(client_config(true, None, None).is_ok());

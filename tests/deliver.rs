@@ -383,6 +383,47 @@ fn no_plaintext_when_starttls_is_missing() {
     );
 }
 
+/// A smarthost that offers STARTTLS but refuses it (454, or 502), or answers 220 and then
+/// keeps talking in plaintext: never AUTH or MAIL without TLS, in delivery and in `probe`
+/// (issue 7 security review, downgrade by a malicious smarthost).
+#[test]
+fn no_plaintext_when_starttls_is_refused_or_not_started() {
+    for refusal in [
+        "454 4.7.0 TLS not available due to temporary reason",
+        "502 5.5.1 no",
+        "220 2.0.0 go ahead && RAW 250 plaintext again\r\n",
+    ] {
+        let sink = Sink::start(Opts::starttls().with_auth());
+        sink.rule("STARTTLS", refusal);
+        let extra = format!(
+            "[smarthost]\ntls = starttls\nca_file = {}\nusername = relay@example.com\npassword = s3cret\n",
+            certs().ca.display()
+        );
+        let relay = Relay::start(&ini(&sink.addr(), &extra));
+        let id = submit(
+            &relay,
+            "alice@example.com",
+            &["bob@example.org"],
+            &message("secret", "x"),
+        );
+        wait_for("queue list to show the TLS failure", || {
+            queue_line(&relay, &id).contains("tls")
+        });
+        let out = relay.cmd(&["probe"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_ne!(out.status.code(), Some(0), "{refusal}: {text}");
+        assert!(!text.contains("C: AUTH"), "{refusal}: {text}");
+        assert!(sink.saw("STARTTLS"), "{refusal}");
+        assert!(
+            !sink.saw("AUTH") && !sink.saw("MAIL") && !sink.saw("RCPT"),
+            "{refusal}: {:?}",
+            sink.commands()
+        );
+        assert!(sink.txns().is_empty());
+        assert_eq!(relay.queue_ids(), vec![id]);
+    }
+}
+
 #[test]
 fn untrusted_certificate_keeps_the_message_queued() {
     let sink = Sink::start(Opts::starttls_self_signed());

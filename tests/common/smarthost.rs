@@ -142,8 +142,12 @@ pub struct Txn {
 }
 
 /// A reply override: the first rule whose prefix starts the command line (case-insensitive)
-/// answers it. Special prefixes: "GREETING" (the banner), "DOT" (after the data). A reply
-/// "DROP" closes the connection instead.
+/// answers it. Special prefixes: "GREETING" (the banner), "DOT" (after the data), "BODY" (after
+/// the first line of message data: only "DROP" means something there). Special replies:
+/// "DROP" closes the connection; "HANG" never answers (reads until the client gives up);
+/// "DELAY <ms> <reply>" sleeps, then answers <reply>; "DRIP <ms> <reply>" sends the reply one
+/// byte every <ms>; "RAW <bytes>" sends the bytes as they are (no CRLF added); "ENDLESS" sends
+/// "250-" continuation lines until the client hangs up. "A && B" does A, then B.
 struct Rule {
     prefix: String,
     reply: String,
@@ -374,9 +378,49 @@ impl Session {
 
     /// send writes a reply ('\n' separates lines of a multi-line reply). Returns false on DROP.
     fn send(&mut self, reply: &str) -> bool {
+        if let Some((first, rest)) = reply.split_once(" && ") {
+            return self.send(first) && self.send(rest);
+        }
         if reply == "DROP" {
             self.io = Io::Gone;
             return false;
+        }
+        if reply == "HANG" {
+            let mut sink = [0u8; 4096];
+            while matches!(self.io.read(&mut sink), Ok(n) if n > 0) {}
+            self.io = Io::Gone;
+            return false;
+        }
+        if reply == "ENDLESS" {
+            for i in 0..1_000_000u32 {
+                let line = format!("250-endless line {i}\r\n");
+                if self.io.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            self.io = Io::Gone;
+            return false;
+        }
+        if let Some(raw) = reply.strip_prefix("RAW ") {
+            return self.io.write_all(raw.as_bytes()).is_ok() && self.io.flush().is_ok();
+        }
+        for (verb, drip) in [("DELAY ", false), ("DRIP ", true)] {
+            let Some(rest) = reply.strip_prefix(verb) else {
+                continue;
+            };
+            let (ms, reply) = rest.split_once(' ').expect("DELAY/DRIP <ms> <reply>");
+            let ms = Duration::from_millis(ms.parse().expect("milliseconds"));
+            if !drip {
+                std::thread::sleep(ms);
+                return self.send(reply);
+            }
+            for b in format!("{reply}\r\n").bytes() {
+                std::thread::sleep(ms);
+                if self.io.write_all(&[b]).is_err() || self.io.flush().is_err() {
+                    return false;
+                }
+            }
+            return true;
         }
         let lines: Vec<&str> = reply.split('\n').collect();
         let mut out = String::new();
@@ -530,10 +574,18 @@ impl Session {
                         continue;
                     }
                     let mut data = String::new();
+                    let mut first = true;
                     loop {
                         let Some(l) = self.read_line() else {
                             return Ok(());
                         };
+                        if std::mem::take(&mut first)
+                            && self.rule("BODY").as_deref() == Some("DROP")
+                        {
+                            // Close in the middle of the data, with unread input: a reset.
+                            self.io = Io::Gone;
+                            return Ok(());
+                        }
                         if l == "." {
                             break;
                         }

@@ -1,0 +1,112 @@
+#!/bin/sh
+# bench/peers/postfix.sh — runs `make bench`'s accept and relay loads against
+# Postfix from the distribution, side by side with picorelay, in one run.
+#
+# Installs Postfix (Debian/Ubuntu, apt-get) when missing, then runs it as a
+# separate instance with its own config directory and queue, so that a Postfix
+# already used as the machine's MTA is not touched:
+#   - listening on 127.0.0.1:$POSTFIX_PORT only (inet_interfaces = loopback-only),
+#   - relaying for 127.0.0.0/8 to the bench's sink at [127.0.0.1]:$SINK_PORT,
+#   - no local delivery, no DNS, no TLS,
+#   - messages carrying "X-Bench-Hold: yes" (the accept cases) are put on hold
+#     by header_checks, so accept numbers measure accepting only, like
+#     picorelay's hold mode; in_flow_delay = 0 so Postfix is not throttled
+#     waiting for deliveries that never come.
+# Postfix is stopped on exit. Nothing but loopback is ever a target.
+#
+# Usage (as root, from anywhere): bench/peers/postfix.sh [bench options, e.g. --quick --runs 3]
+# Environment: POSTFIX_PORT (2626), SINK_PORT (2627), PF_CONF (/etc/postfix-bench),
+#              PF_QUEUE (/var/spool/postfix-bench).
+set -eu
+
+POSTFIX_PORT=${POSTFIX_PORT:-2626}
+SINK_PORT=${SINK_PORT:-2627}
+PF_CONF=${PF_CONF:-/etc/postfix-bench}
+PF_QUEUE=${PF_QUEUE:-/var/spool/postfix-bench}
+PF_DATA=${PF_DATA:-/var/lib/postfix-bench}
+PF_LOG=${PF_LOG:-/var/log/postfix-bench.log}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+
+die() { echo "postfix.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (installs a package and starts Postfix)"
+for p in "$POSTFIX_PORT" "$SINK_PORT"; do
+    if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
+        die "port $p is in use; set POSTFIX_PORT / SINK_PORT"
+    fi
+done
+
+if ! command -v postfix >/dev/null 2>&1 && [ ! -x /usr/sbin/postfix ]; then
+    echo "postfix.sh: installing postfix from the distribution" >&2
+    printf '%s\n' \
+        "postfix postfix/main_mailer_type select No configuration" \
+        "postfix postfix/mailname string bench.localdomain" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix >&2
+fi
+PATH=/usr/sbin:/sbin:$PATH
+VERSION=$(postconf -d -h mail_version 2>/dev/null || echo unknown)
+
+# The instance's config: master.cf from the distribution, with the public
+# port 25 listener replaced by ours, and no chroot (keeps the instance
+# self-contained; the bench uses only IP addresses).
+mkdir -p "$PF_CONF" "$PF_DATA" "$PF_QUEUE"
+chown postfix "$PF_DATA"
+if [ -f /usr/share/postfix/master.cf.dist ]; then
+    cp /usr/share/postfix/master.cf.dist "$PF_CONF/master.cf"
+else
+    cp /etc/postfix/master.cf "$PF_CONF/master.cf"
+fi
+sed -i -e 's/^smtp\([[:space:]]\+\)inet/#smtp\1inet/' "$PF_CONF/master.cf"
+printf '127.0.0.1:%s inet n - n - - smtpd\n' "$POSTFIX_PORT" >> "$PF_CONF/master.cf"
+printf '/^X-Bench-Hold: yes/ HOLD\n' > "$PF_CONF/bench_header_checks"
+cat > "$PF_CONF/main.cf" <<CF
+# Written by bench/peers/postfix.sh: a loopback-only relay to the bench sink.
+compatibility_level = 3.6
+queue_directory = $PF_QUEUE
+data_directory = $PF_DATA
+maillog_file = $PF_LOG
+myhostname = postfix.bench.test
+mydomain = bench.test
+myorigin = \$myhostname
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+local_recipient_maps =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+relayhost = [127.0.0.1]:$SINK_PORT
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtp_dns_support_level = disabled
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+header_checks = regexp:$PF_CONF/bench_header_checks
+in_flow_delay = 0s
+biff = no
+CF
+postconf -c "$PF_CONF" -F '*/*/chroot = n'
+
+stop_postfix() {
+    postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+    postsuper -c "$PF_CONF" -d ALL >/dev/null 2>&1 || true
+}
+trap stop_postfix EXIT INT TERM
+
+# Creates the queue's subdirectories with Postfix's ownerships.
+postfix -c "$PF_CONF" post-install create-missing >&2 ||
+    die "postfix post-install failed (see $PF_LOG)"
+postfix -c "$PF_CONF" start >&2 || die "postfix did not start (see $PF_LOG)"
+i=0
+until ss -Hltn "sport = :$POSTFIX_PORT" | grep -q . || [ $i -ge 100 ]; do
+    sleep 0.1; i=$((i + 1))
+done
+ss -Hltn "sport = :$POSTFIX_PORT" | grep -q . || die "postfix is not listening on 127.0.0.1:$POSTFIX_PORT (see $PF_LOG)"
+echo "postfix.sh: Postfix $VERSION on 127.0.0.1:$POSTFIX_PORT, relayhost [127.0.0.1]:$SINK_PORT, queue $PF_QUEUE" >&2
+
+cd "$REPO"
+make release >&2
+cargo bench --locked --bench bench -- \
+    --peer "Postfix $VERSION" --target "127.0.0.1:$POSTFIX_PORT" --sink-port "$SINK_PORT" \
+    --peer-reset "postsuper -c $PF_CONF -d ALL >/dev/null 2>&1" \
+    --peer-pids "m=\$(cat $PF_QUEUE/pid/master.pid); echo \$m; pgrep -P \$m" "$@"

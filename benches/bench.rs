@@ -1,0 +1,1447 @@
+//! `make bench`: runs the release binary under load on loopback against a
+//! built-in sink smarthost and writes the numbers to BENCHMARKS.md.
+//!
+//! Measures durable accept rate (hold mode), end-to-end relay rate through the
+//! sink, accept and accept→sink latency, RSS (idle, many open connections, ten
+//! 10 MB messages), binary size and start-up time. With `--peer NAME --target
+//! ADDR` the same accept and end-to-end loads also run against another relay
+//! (e.g. Postfix, see bench/peers/postfix.sh) in the same run, interleaved case
+//! by case, and the table gets a picorelay/peer ratio.
+//!
+//! Every load is bounded in message count and in time, and only 127.0.0.1 (or
+//! another loopback address given with --target) is ever connected to.
+//!
+//! Standard library only: no dependency is needed to measure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The sink refuses connections past this many at once (memory bound).
+const SINK_MAX_CONNS: usize = 256;
+
+/// Longest line the sink or the load client reads before giving up on a peer.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Reply and connect timeout of the load clients: a stuck relay fails the case.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Markers delimiting the generated sections of BENCHMARKS.md.
+const SECTION_ALONE: &str = "picorelay";
+const SECTION_PEER: &str = "peer";
+
+fn main() {
+    let opts = match Opts::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+const USAGE: &str =
+    "usage: cargo bench --bench bench -- [--quick] [--runs N] [--out FILE | --no-write]
+       [--bin PATH] [--sink-port N] [--peer NAME --target 127.0.0.1:PORT [--peer-reset CMD]]
+       [--only SUBSTRING]
+  --quick        short cases (for a smoke run)
+  --runs N       repetitions; medians with min-max are reported (default 3)
+  --out FILE     where to write the results (default BENCHMARKS.md in the crate)
+  --bin PATH     the relay binary (default target/release/picorelay)
+  --sink-port N  port of the built-in sink smarthost (default: any free port)
+  --peer NAME    also load the relay at --target (loopback only), e.g. postfix
+  --peer-reset   shell command run before each peer case (e.g. 'postsuper -d ALL')
+  --peer-pids    shell command printing the peer's process ids (idle memory, summed)
+  --only S       run only the cases whose name contains S
+  PICORELAY_BENCH_DIR  directory for the temporary spools (default: the system temp dir)";
+
+/// Command-line options.
+struct Opts {
+    quick: bool,
+    runs: usize,
+    out: Option<PathBuf>,
+    bin: PathBuf,
+    base: PathBuf,
+    sink_port: u16,
+    peer: Option<Peer>,
+    only: Option<String>,
+    args: Vec<String>,
+}
+
+/// Another relay to compare against; it must forward to our sink.
+struct Peer {
+    name: String,
+    addr: SocketAddr,
+    reset: Option<String>,
+    /// Shell command printing the peer's process ids (for its memory).
+    pids: Option<String>,
+}
+
+impl Opts {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Opts, String> {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut o = Opts {
+            quick: false,
+            runs: 3,
+            out: Some(manifest.join("BENCHMARKS.md")),
+            bin: manifest.join("target/release/picorelay"),
+            base: std::env::var_os("PICORELAY_BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+            sink_port: 0,
+            peer: None,
+            only: None,
+            args: Vec::new(),
+        };
+        let (mut peer_name, mut target, mut reset, mut pids) = (None, None, None, None);
+        let args: Vec<String> = args.collect();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            i += 1;
+            let mut val = || -> Result<String, String> {
+                let v = args
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| format!("{a} needs a value"))?;
+                i += 1;
+                Ok(v)
+            };
+            match a {
+                // cargo bench passes --bench to harness = false targets.
+                "--bench" => continue,
+                "--quick" => o.quick = true,
+                "--runs" => {
+                    o.runs = val()?
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or("--runs takes 1 to 20")?
+                }
+                "--out" => o.out = Some(PathBuf::from(val()?)),
+                "--no-write" => o.out = None,
+                "--bin" => o.bin = PathBuf::from(val()?),
+                "--sink-port" => {
+                    o.sink_port = val()?
+                        .parse()
+                        .map_err(|_| "--sink-port takes a port number")?
+                }
+                "--peer" => peer_name = Some(val()?),
+                "--target" => target = Some(val()?),
+                "--peer-reset" => reset = Some(val()?),
+                "--peer-pids" => pids = Some(val()?),
+                "--only" => o.only = Some(val()?),
+                "-h" | "--help" => return Err("help".into()),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        // For the report: the command line as given (minus cargo's --bench).
+        o.args = args
+            .iter()
+            .filter(|a| *a != "--bench")
+            .map(|a| shell_quote(a))
+            .collect();
+        match (peer_name, target) {
+            (Some(name), Some(t)) => {
+                let addr: SocketAddr = t
+                    .parse()
+                    .map_err(|_| format!("--target {t}: not an address:port"))?;
+                // Only ever load this machine's loopback.
+                if !addr.ip().is_loopback() {
+                    return Err(format!("--target {t}: only loopback addresses are allowed"));
+                }
+                o.peer = Some(Peer {
+                    name,
+                    addr,
+                    reset,
+                    pids,
+                });
+            }
+            (None, None) => {}
+            _ => return Err("--peer and --target go together".into()),
+        }
+        Ok(o)
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// How long and how much each kind of case may run.
+struct Budget {
+    accept_time: Duration,
+    max_msgs_one: usize,
+    max_msgs_each: usize,
+    e2e_time: Duration,
+    e2e_wait: Duration,
+}
+
+impl Budget {
+    fn new(quick: bool) -> Budget {
+        if quick {
+            Budget {
+                accept_time: Duration::from_millis(1500),
+                max_msgs_one: 400,
+                max_msgs_each: 60,
+                e2e_time: Duration::from_secs(2),
+                e2e_wait: Duration::from_secs(20),
+            }
+        } else {
+            Budget {
+                accept_time: Duration::from_secs(5),
+                max_msgs_one: 3000,
+                max_msgs_each: 400,
+                e2e_time: Duration::from_secs(5),
+                e2e_wait: Duration::from_secs(60),
+            }
+        }
+    }
+}
+
+/// Which relay a measurement belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Who {
+    Us,
+    Peer,
+}
+
+/// All measurements: metric label → who → one value per run.
+#[derive(Default)]
+struct Results {
+    order: Vec<(String, &'static str)>,
+    values: HashMap<String, BTreeMap<Who, Vec<f64>>>,
+    /// Distinct notes, each with a total of the events it counts (0: none).
+    notes: Vec<(String, usize)>,
+}
+
+impl Results {
+    fn add(&mut self, who: Who, label: &str, unit: &'static str, v: f64) {
+        if !self.values.contains_key(label) {
+            self.order.push((label.to_string(), unit));
+        }
+        self.values
+            .entry(label.to_string())
+            .or_default()
+            .entry(who)
+            .or_default()
+            .push(v);
+    }
+
+    fn note(&mut self, n: String) {
+        self.note_n(n, 0);
+    }
+
+    /// note_n records a note once; `n` (a count of events) adds up over the runs.
+    fn note_n(&mut self, text: String, n: usize) {
+        eprintln!("  note: {text}");
+        match self.notes.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, total)) => *total += n,
+            None => self.notes.push((text, n)),
+        }
+    }
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    if !o.bin.is_file() {
+        return Err(format!(
+            "{} not found: run `make release` first (or give --bin)",
+            o.bin.display()
+        ));
+    }
+    let started = SystemTime::now();
+    let load_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let sink = Sink::start(o.sink_port)?;
+    eprintln!("bench: sink smarthost on {}", sink.addr);
+    let b = Budget::new(o.quick);
+    let mut res = Results::default();
+    let case_on = |name: &str| o.only.as_deref().map_or(true, |s| name.contains(s));
+
+    // Static facts, measured once.
+    let size = fs::metadata(&o.bin).map_err(|e| e.to_string())?.len();
+    res.add(Who::Us, "binary size (stripped)", "MiB", mib(size));
+    let fsync = fsync_baseline(&o.base)?;
+    res.add(
+        Who::Us,
+        "machine: one 4 KiB write+fsync, p50",
+        "ms",
+        ms(fsync.0),
+    );
+    res.add(
+        Who::Us,
+        "machine: write+fsync file, rename, fsync dir, p50",
+        "ms",
+        ms(fsync.1),
+    );
+
+    // Idle memory before any load, as the sum over processes (Postfix is several).
+    if case_on("rss") {
+        let relay = Relay::start(o, None, "")?;
+        thread::sleep(Duration::from_millis(300));
+        let (pss, n) = pss_sum(&[relay.pid()]);
+        res.add(
+            Who::Us,
+            "idle memory, PSS summed over processes",
+            "MiB",
+            kib_to_mib(pss),
+        );
+        res.add(Who::Us, "idle processes", "count", n as f64);
+        relay.stop();
+        if let Some(cmd) = o.peer.as_ref().and_then(|p| p.pids.as_ref()) {
+            let out = Command::new("sh").arg("-c").arg(cmd).output();
+            let pids: Vec<u32> = out
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (pss, n) = pss_sum(&pids);
+            res.add(
+                Who::Peer,
+                "idle memory, PSS summed over processes",
+                "MiB",
+                kib_to_mib(pss),
+            );
+            res.add(Who::Peer, "idle processes", "count", n as f64);
+        }
+    }
+
+    let accept_cases: Vec<(usize, usize, bool)> = [1, 20]
+        .into_iter()
+        .flat_map(|c| [(c, 4096, true), (c, 102_400, true)])
+        .chain(
+            [1, 20]
+                .into_iter()
+                .flat_map(|c| [(c, 4096, false), (c, 102_400, false)]),
+        )
+        .collect();
+
+    for run in 0..o.runs {
+        eprintln!("bench: run {}/{}", run + 1, o.runs);
+        if case_on("startup") {
+            for _ in 0..3 {
+                let r = Relay::start(o, None, "")?;
+                res.add(Who::Us, "start-up (spawn → banner)", "ms", ms(r.startup));
+                r.stop();
+            }
+        }
+        for &(clients, size, reuse) in &accept_cases {
+            let name = format!(
+                "accept {clients} client{}, {} KiB, {}",
+                if clients == 1 { "" } else { "s" },
+                size / 1024,
+                if reuse {
+                    "session reuse"
+                } else {
+                    "1 msg/connection"
+                }
+            );
+            if !case_on(&name) {
+                continue;
+            }
+            let spec = Load {
+                clients,
+                size,
+                per_conn: if reuse { usize::MAX } else { 1 },
+                max_each: if clients == 1 {
+                    b.max_msgs_one
+                } else {
+                    b.max_msgs_each
+                },
+                max_time: b.accept_time,
+                hold: true,
+            };
+            let relay = Relay::start(o, None, "")?;
+            let r = spec.run(relay.addr, &format!("a{run}-{clients}-{size}-{reuse}"));
+            relay.stop();
+            report_accept(&mut res, Who::Us, &name, &r, clients > 1 || reuse);
+            if let Some(p) = &o.peer {
+                peer_reset(p, &mut res);
+                let r = spec.run(p.addr, &format!("pa{run}-{clients}-{size}-{reuse}"));
+                report_accept(&mut res, Who::Peer, &name, &r, clients > 1 || reuse);
+            }
+        }
+        for clients in [1, 20] {
+            let name = format!(
+                "relay {clients} client{}, 4 KiB, session reuse",
+                if clients == 1 { "" } else { "s" }
+            );
+            if !case_on(&name) {
+                continue;
+            }
+            let spec = Load {
+                clients,
+                size: 4096,
+                per_conn: usize::MAX,
+                max_each: if clients == 1 {
+                    b.max_msgs_one
+                } else {
+                    b.max_msgs_each
+                },
+                max_time: b.e2e_time,
+                hold: false,
+            };
+            let relay = Relay::start(o, Some(sink.addr), "")?;
+            let tag = format!("e{run}-{clients}");
+            let r = spec.run(relay.addr, &tag);
+            let d = sink.wait(&tag, &r, b.e2e_wait);
+            relay.stop();
+            report_e2e(&mut res, Who::Us, &name, &r, &d);
+            if let Some(p) = &o.peer {
+                peer_reset(p, &mut res);
+                let tag = format!("pe{run}-{clients}");
+                let r = spec.run(p.addr, &tag);
+                let d = sink.wait(&tag, &r, b.e2e_wait);
+                report_e2e(&mut res, Who::Peer, &name, &r, &d);
+            }
+        }
+        if case_on("rss") {
+            memory_cases(o, &mut res)?;
+        }
+    }
+
+    let load_after = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let report = render(o, &res, started, &load_before, &load_after);
+    println!("{report}");
+    if let Some(out) = &o.out {
+        let section = if o.peer.is_some() {
+            SECTION_PEER
+        } else {
+            SECTION_ALONE
+        };
+        write_section(out, section, &report)?;
+        eprintln!("bench: wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn peer_reset(p: &Peer, res: &mut Results) {
+    if let Some(cmd) = &p.reset {
+        match Command::new("sh").arg("-c").arg(cmd).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => res.note(format!("peer reset `{cmd}` exited with {s}")),
+            Err(e) => res.note(format!("peer reset `{cmd}`: {e}")),
+        }
+    }
+}
+
+fn report_accept(res: &mut Results, who: Who, name: &str, r: &LoadResult, latency: bool) {
+    eprintln!(
+        "  {:?} {name}: {} msgs in {:.2}s, {} errors",
+        who,
+        r.lat.len(),
+        r.elapsed.as_secs_f64(),
+        r.errors
+    );
+    if let Some(e) = &r.first_error {
+        res.note_n(
+            format!("{name} ({who:?}): client errors, e.g. {e}"),
+            r.errors,
+        );
+    }
+    res.add(who, &format!("{name}: accepted"), "msgs/s", r.rate());
+    if latency {
+        let (p50, p99) = percentiles(&r.lat);
+        res.add(who, &format!("{name}: accept latency p50"), "ms", ms(p50));
+        res.add(who, &format!("{name}: accept latency p99"), "ms", ms(p99));
+    }
+}
+
+fn report_e2e(res: &mut Results, who: Who, name: &str, r: &LoadResult, d: &Delivered) {
+    eprintln!(
+        "  {:?} {name}: {} accepted, {} at the sink, {:.2}s to the last",
+        who,
+        r.lat.len(),
+        d.lat.len(),
+        d.span.as_secs_f64()
+    );
+    if let Some(e) = &r.first_error {
+        res.note_n(
+            format!("{name} ({who:?}): client errors, e.g. {e}"),
+            r.errors,
+        );
+    }
+    if d.lat.len() < r.lat.len() {
+        res.note_n(
+            format!("{name} ({who:?}): accepted but not at the sink in time"),
+            r.lat.len() - d.lat.len(),
+        );
+    }
+    if d.lat.is_empty() {
+        return;
+    }
+    res.add(
+        who,
+        &format!("{name}: delivered to sink"),
+        "msgs/s",
+        d.lat.len() as f64 / d.span.as_secs_f64().max(1e-9),
+    );
+    let (p50, p99) = percentiles(&r.lat);
+    res.add(who, &format!("{name}: accept latency p50"), "ms", ms(p50));
+    res.add(who, &format!("{name}: accept latency p99"), "ms", ms(p99));
+    let (p50, p99) = percentiles(&d.lat);
+    res.add(who, &format!("{name}: accept→sink p50"), "ms", ms(p50));
+    res.add(who, &format!("{name}: accept→sink p99"), "ms", ms(p99));
+}
+
+/// memory_cases measures RSS idle, with many connections, and with ten large messages.
+fn memory_cases(o: &Opts, res: &mut Results) -> Result<(), String> {
+    let relay = Relay::start(o, None, "")?;
+    thread::sleep(Duration::from_millis(300));
+    let (rss, hwm) = relay.memory();
+    res.add(Who::Us, "RSS idle (VmRSS)", "MiB", kib_to_mib(rss));
+    res.add(Who::Us, "RSS idle (VmHWM)", "MiB", kib_to_mib(hwm));
+    relay.stop();
+
+    for n in [100, 1000] {
+        let relay = Relay::start(o, None, "")?;
+        let t = Instant::now();
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            match TcpStream::connect_timeout(&relay.addr, Duration::from_secs(5)) {
+                Ok(s) => socks.push(s),
+                Err(e) => {
+                    res.note(format!("{n} connections: connect failed: {e}"));
+                    break;
+                }
+            }
+        }
+        let connect_time = t.elapsed();
+        // Sample before QUEUE_WAIT (3 s) expires the waiting connections.
+        thread::sleep(Duration::from_millis(500));
+        let (rss, hwm) = relay.memory();
+        let (mut served, mut refused, mut waiting, mut closed) = (0, 0, 0, 0);
+        for s in &socks {
+            let _ = s.set_nonblocking(true);
+            let mut buf = [0u8; 64];
+            match (&*s).read(&mut buf) {
+                Ok(0) => closed += 1,
+                Ok(k) if buf[..k].starts_with(b"220") => served += 1,
+                Ok(k) if buf[..k].starts_with(b"421") => refused += 1,
+                Ok(_) => closed += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => waiting += 1,
+                Err(_) => closed += 1,
+            }
+        }
+        drop(socks);
+        relay.stop();
+        res.add(
+            Who::Us,
+            &format!("RSS with {n} connections open (VmRSS)"),
+            "MiB",
+            kib_to_mib(rss),
+        );
+        res.add(
+            Who::Us,
+            &format!("RSS with {n} connections open (VmHWM)"),
+            "MiB",
+            kib_to_mib(hwm),
+        );
+        res.add(
+            Who::Us,
+            &format!("{n} connections: time to connect them all, one after another"),
+            "ms",
+            ms(connect_time),
+        );
+        res.note(format!(
+            "{n} connections (workers = 16), 0.5 s after the last connect: {served} in a session, \
+             {waiting} waiting for a worker, {refused} refused with 421, {closed} closed"
+        ));
+    }
+
+    let relay = Relay::start(o, None, "")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, pid) = (Arc::clone(&stop), relay.pid());
+        thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(proc_status(pid).0);
+                thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let spec = Load {
+        clients: 10,
+        size: 10_000_000,
+        per_conn: 1,
+        max_each: 1,
+        max_time: Duration::from_secs(60),
+        hold: true,
+    };
+    let r = spec.run(relay.addr, "big");
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.join().unwrap_or(0);
+    let (_, hwm) = relay.memory();
+    relay.stop();
+    if let Some(e) = &r.first_error {
+        res.note(format!("10 × 10 MB: client errors, e.g. {e}"));
+    }
+    res.add(
+        Who::Us,
+        "RSS while 10 clients send 10 MB each (peak VmRSS sampled)",
+        "MiB",
+        kib_to_mib(peak),
+    );
+    res.add(
+        Who::Us,
+        "RSS while 10 clients send 10 MB each (VmHWM)",
+        "MiB",
+        kib_to_mib(hwm),
+    );
+    res.add(
+        Who::Us,
+        "10 × 10 MB: time until all ten are accepted",
+        "s",
+        r.elapsed.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// fsync_baseline: the cost of the machine's durability primitives in the
+/// spool's filesystem, so that latencies can be read against it.
+fn fsync_baseline(base: &Path) -> Result<(Duration, Duration), String> {
+    let dir = base.join(format!("picorelay-bench-fsync-{}", std::process::id()));
+    let q = dir.join("q");
+    fs::create_dir_all(&q).map_err(|e| format!("{}: {e}", q.display()))?;
+    let data = vec![b'x'; 4096];
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let result = (|| -> io::Result<()> {
+        for i in 0..50 {
+            let p = dir.join(format!("f{i}"));
+            let t = Instant::now();
+            let mut f = fs::File::create(&p)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            a.push(t.elapsed());
+            let t = Instant::now();
+            let p2 = dir.join(format!("g{i}"));
+            let mut f = fs::File::create(&p2)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            fs::rename(&p2, q.join(format!("g{i}")))?;
+            fs::File::open(&q)?.sync_all()?;
+            b.push(t.elapsed());
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result.map_err(|e| format!("fsync baseline in {}: {e}", dir.display()))?;
+    Ok((percentiles(&a).0, percentiles(&b).0))
+}
+
+// ---------------------------------------------------------------------------
+// The relay under test.
+
+/// A running picorelay with its own temporary directory (config, spool, log).
+struct Relay {
+    child: Option<Child>,
+    dir: PathBuf,
+    addr: SocketAddr,
+    startup: Duration,
+}
+
+impl Relay {
+    /// start writes a config (hold mode when `smarthost` is None), spawns the
+    /// binary and waits until it answers with its banner.
+    fn start(o: &Opts, smarthost: Option<SocketAddr>, extra: &str) -> Result<Relay, String> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = o.base.join(format!(
+            "picorelay-bench-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let smarthost = match smarthost {
+            Some(s) => format!("host = {s}\ntls = none\n"),
+            None => String::new(),
+        };
+        let cfg = format!(
+            "[server]\nlisten = {addr}\nhostname = bench.test\nworkers = 16\n\
+             max_message_size = 20M\n{extra}\n\
+             [smarthost]\n{smarthost}\n\
+             [queue]\ndir = {}\nmax_size = 50G\n\n\
+             [log]\nlevel = info\nfile = {}\n",
+            dir.join("spool").display(),
+            dir.join("picorelay.log").display()
+        );
+        let cfg_path = dir.join("picorelay.ini");
+        fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+        let stderr =
+            fs::File::create(dir.join("stderr")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let t = Instant::now();
+        let mut cmd = Command::new(&o.bin);
+        cmd.arg("-c").arg(&cfg_path).arg("serve");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", o.bin.display()))?;
+        let mut relay = Relay {
+            child: Some(child),
+            dir,
+            addr,
+            startup: Duration::ZERO,
+        };
+        let deadline = t + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = TcpStream::connect(addr) {
+                let mut r = BufReader::new(s);
+                match read_reply(&mut r) {
+                    Ok((220, _)) => break,
+                    other => return Err(format!("unexpected banner from {addr}: {other:?}")),
+                }
+            }
+            if let Some(Ok(Some(status))) = relay.child.as_mut().map(|c| c.try_wait()) {
+                let log = fs::read_to_string(relay.dir.join("stderr")).unwrap_or_default();
+                return Err(format!("relay exited at start ({status}): {log}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("relay did not answer on {addr} within 10 s"));
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        relay.startup = t.elapsed();
+        Ok(relay)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// memory returns (VmRSS, VmHWM) in KiB.
+    fn memory(&self) -> (u64, u64) {
+        proc_status(self.pid())
+    }
+
+    /// stop sends SIGTERM, waits for the clean shutdown (bounded), removes the directory.
+    fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::env::var_os("PICORELAY_BENCH_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// proc_status reads VmRSS and VmHWM (KiB) of a process; zeros when gone.
+fn proc_status(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// pss_sum adds the proportional set size (KiB) of the given processes:
+/// shared pages (libc, a common binary) count once across them.
+fn pss_sum(pids: &[u32]) -> (u64, usize) {
+    let mut total = 0;
+    let mut n = 0;
+    for pid in pids {
+        let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        if let Some(kib) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total += kib;
+            n += 1;
+        }
+    }
+    (total, n)
+}
+
+/// free_port asks the kernel for a free loopback port (released at once; the
+/// relay binds it a moment later).
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// The load: clients sending messages.
+
+/// One load case.
+struct Load {
+    clients: usize,
+    size: usize,
+    /// Messages per connection (usize::MAX: one session for all).
+    per_conn: usize,
+    /// Messages per client at most.
+    max_each: usize,
+    max_time: Duration,
+    /// Adds `X-Bench-Hold: yes`, which a peer may use to hold the message
+    /// (Postfix header_checks HOLD) so that accept runs measure accepting only.
+    hold: bool,
+}
+
+/// What the clients saw.
+struct LoadResult {
+    /// Accept latency (MAIL sent → 250 after the final dot) per message.
+    lat: Vec<Duration>,
+    /// (seq, time of our 250) per accepted message.
+    accepted: Vec<(u64, Instant)>,
+    start: Instant,
+    elapsed: Duration,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.lat.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Load {
+    fn run(&self, addr: SocketAddr, tag: &str) -> LoadResult {
+        let body = Arc::new(body_of(self.size));
+        let barrier = Arc::new(Barrier::new(self.clients + 1));
+        let errors = Arc::new(Mutex::new((0usize, None::<String>)));
+        let mut handles = Vec::new();
+        for c in 0..self.clients {
+            let (body, barrier, errors) =
+                (Arc::clone(&body), Arc::clone(&barrier), Arc::clone(&errors));
+            let (tag, per_conn, max_each, max_time, hold) = (
+                tag.to_string(),
+                self.per_conn,
+                self.max_each,
+                self.max_time,
+                self.hold,
+            );
+            handles.push(thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                let mut lat = Vec::new();
+                let mut accepted = Vec::new();
+                let mut my_errors = 0;
+                let mut seq = (c as u64) * 1_000_000;
+                'conn: while lat.len() < max_each && start.elapsed() < max_time && my_errors < 10 {
+                    let mut s = match Smtp::connect(addr) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            my_errors += 1;
+                            note_error(&errors, format!("connect: {e}"));
+                            thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    let mut in_conn = 0;
+                    while in_conn < per_conn && lat.len() < max_each && start.elapsed() < max_time {
+                        seq += 1;
+                        let t = Instant::now();
+                        match s.send(&tag, seq, &body, hold) {
+                            Ok(()) => {
+                                let done = Instant::now();
+                                lat.push(done - t);
+                                accepted.push((seq, done));
+                                in_conn += 1;
+                            }
+                            Err(e) => {
+                                my_errors += 1;
+                                note_error(&errors, e);
+                                continue 'conn;
+                            }
+                        }
+                    }
+                    s.quit();
+                }
+                (lat, accepted)
+            }));
+        }
+        barrier.wait();
+        let start = Instant::now();
+        let mut lat = Vec::new();
+        let mut accepted = Vec::new();
+        for h in handles {
+            if let Ok((l, a)) = h.join() {
+                lat.extend(l);
+                accepted.extend(a);
+            }
+        }
+        let elapsed = start.elapsed();
+        let (errors, first_error) = std::mem::take(&mut *lock(&errors));
+        LoadResult {
+            lat,
+            accepted,
+            start,
+            elapsed,
+            errors,
+            first_error,
+        }
+    }
+}
+
+fn note_error(errors: &Mutex<(usize, Option<String>)>, e: String) {
+    let mut g = lock(errors);
+    g.0 += 1;
+    g.1.get_or_insert(e);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// body_of builds a dot-safe message body of about `size` octets (CRLF lines of 76).
+fn body_of(size: usize) -> Vec<u8> {
+    let line = format!(
+        "{}\r\n",
+        "abcdefghijklmnopqrstuvwxyz0123456789"
+            .repeat(3)
+            .get(..76)
+            .unwrap_or("")
+    );
+    let mut b = Vec::with_capacity(size + 80);
+    while b.len() + line.len() <= size.saturating_sub(300).max(line.len()) {
+        b.extend_from_slice(line.as_bytes());
+    }
+    b
+}
+
+/// A blocking SMTP client session, one command at a time (no pipelining),
+/// as notification tools and cron jobs talk.
+struct Smtp {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Smtp {
+    fn connect(addr: SocketAddr) -> Result<Smtp, String> {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+        let w = s.try_clone().map_err(|e| e.to_string())?;
+        let mut c = Smtp {
+            r: BufReader::with_capacity(4096, s),
+            w,
+        };
+        c.expect(None, 220)?;
+        c.expect(Some(b"EHLO client.bench.test\r\n"), 250)?;
+        Ok(c)
+    }
+
+    fn expect(&mut self, cmd: Option<&[u8]>, code: u16) -> Result<(), String> {
+        if let Some(c) = cmd {
+            self.w.write_all(c).map_err(|e| e.to_string())?;
+        }
+        match read_reply(&mut self.r) {
+            Ok((got, _)) if got == code => Ok(()),
+            Ok((_, text)) => Err(format!(
+                "{} → {}",
+                cmd.map(|c| String::from_utf8_lossy(c).trim().to_string())
+                    .unwrap_or_else(|| "banner".into()),
+                text.trim()
+            )),
+            Err(e) => Err(format!("reading reply: {e}")),
+        }
+    }
+
+    fn send(&mut self, tag: &str, seq: u64, body: &[u8], hold: bool) -> Result<(), String> {
+        self.expect(Some(b"MAIL FROM:<bench@client.bench.test>\r\n"), 250)?;
+        self.expect(Some(b"RCPT TO:<sink@sink.bench.test>\r\n"), 250)?;
+        self.expect(Some(b"DATA\r\n"), 354)?;
+        let mut head = format!(
+            "From: <bench@client.bench.test>\r\nTo: <sink@sink.bench.test>\r\n\
+             Subject: bench {tag} {seq}\r\nMessage-ID: <{tag}.{seq}@client.bench.test>\r\n\
+             Date: Thu, 1 Jan 2026 00:00:00 +0000\r\nX-Bench-Seq: {tag} {seq}\r\n"
+        );
+        if hold {
+            head.push_str("X-Bench-Hold: yes\r\n");
+        }
+        head.push_str("\r\n");
+        self.w
+            .write_all(head.as_bytes())
+            .and_then(|_| self.w.write_all(body))
+            .map_err(|e| e.to_string())?;
+        self.expect(Some(b".\r\n"), 250)
+    }
+
+    fn quit(mut self) {
+        let _ = self.expect(Some(b"QUIT\r\n"), 221);
+        let _ = self.w.shutdown(Shutdown::Both);
+    }
+}
+
+/// read_reply reads one (possibly multi-line) SMTP reply: (code, last line).
+fn read_reply(r: &mut impl BufRead) -> io::Result<(u16, String)> {
+    let mut line = Vec::new();
+    for _ in 0..100 {
+        line.clear();
+        let n = r
+            .by_ref()
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let text = String::from_utf8_lossy(&line).to_string();
+        let code = text.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if line.get(3) != Some(&b'-') {
+            return Ok((code, text));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "reply too long"))
+}
+
+// ---------------------------------------------------------------------------
+// The sink smarthost.
+
+/// A plain SMTP server on loopback that answers 250 to everything and notes
+/// when each message (by its X-Bench-Seq header) arrived.
+struct Sink {
+    addr: SocketAddr,
+    seen: Arc<Mutex<HashMap<String, HashMap<u64, Instant>>>>,
+}
+
+/// What reached the sink from one load.
+struct Delivered {
+    /// accept→sink latency per message that arrived.
+    lat: Vec<Duration>,
+    /// From the start of the load to the last arrival.
+    span: Duration,
+}
+
+impl Sink {
+    fn start(port: u16) -> Result<Sink, String> {
+        let l = TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| format!("sink cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let active = Arc::new(AtomicUsize::new(0));
+        let s2 = Arc::clone(&seen);
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= SINK_MAX_CONNS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = (&c).write_all(b"421 4.3.2 sink busy\r\n");
+                    continue;
+                }
+                let (seen, active) = (Arc::clone(&s2), Arc::clone(&active));
+                thread::spawn(move || {
+                    let _ = sink_session(c, &seen);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(Sink { addr, seen })
+    }
+
+    /// wait until every message accepted in `r` reached the sink, or `limit` passed.
+    fn wait(&self, tag: &str, r: &LoadResult, limit: Duration) -> Delivered {
+        let deadline = Instant::now() + limit;
+        let mut last_count = 0;
+        let mut last_progress = Instant::now();
+        loop {
+            let n = lock(&self.seen).get(tag).map_or(0, |m| m.len());
+            if n >= r.accepted.len() || Instant::now() > deadline {
+                break;
+            }
+            // Nothing at all for a while: forwarding is not happening.
+            if n != last_count {
+                last_count = n;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > limit / 3 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let seen = lock(&self.seen).remove(tag).unwrap_or_default();
+        let mut lat = Vec::new();
+        let mut last = r.start;
+        for (seq, acc) in &r.accepted {
+            if let Some(&t) = seen.get(seq) {
+                lat.push(t.saturating_duration_since(*acc));
+                last = last.max(t);
+            }
+        }
+        Delivered {
+            lat,
+            span: last - r.start,
+        }
+    }
+}
+
+fn sink_session(
+    c: TcpStream,
+    seen: &Mutex<HashMap<String, HashMap<u64, Instant>>>,
+) -> io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut w = io::BufWriter::new(c.try_clone()?);
+    let mut r = BufReader::with_capacity(64 * 1024, c);
+    w.write_all(b"220 sink.bench.test ESMTP bench sink\r\n")?;
+    w.flush()?;
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        if r.by_ref()
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)?
+            == 0
+        {
+            return Ok(());
+        }
+        let verb = line
+            .get(..4)
+            .map(|v| v.to_ascii_uppercase())
+            .unwrap_or_default();
+        match &verb[..] {
+            b"EHLO" => w.write_all(
+                b"250-sink.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+                  250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n",
+            )?,
+            b"QUIT" => {
+                w.write_all(b"221 2.0.0 bye\r\n")?;
+                w.flush()?;
+                return Ok(());
+            }
+            b"DATA" => {
+                w.write_all(b"354 go ahead\r\n")?;
+                w.flush()?;
+                let mut in_header = true;
+                let mut key: Option<(String, u64)> = None;
+                loop {
+                    line.clear();
+                    if r.by_ref()
+                        .take(MAX_LINE as u64)
+                        .read_until(b'\n', &mut line)?
+                        == 0
+                    {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" || line == b".\n" {
+                        break;
+                    }
+                    if in_header {
+                        if line == b"\r\n" || line == b"\n" {
+                            in_header = false;
+                        } else if line.len() > 12
+                            && line[..12].eq_ignore_ascii_case(b"x-bench-seq:")
+                        {
+                            let v = String::from_utf8_lossy(&line[12..]).to_string();
+                            let mut it = v.split_whitespace();
+                            if let (Some(t), Some(n)) =
+                                (it.next(), it.next().and_then(|n| n.parse().ok()))
+                            {
+                                key = Some((t.to_string(), n));
+                            }
+                        }
+                    }
+                }
+                let now = Instant::now();
+                if let Some((t, n)) = key {
+                    lock(seen).entry(t).or_default().insert(n, now);
+                }
+                w.write_all(b"250 2.0.0 ok\r\n")?;
+            }
+            _ => w.write_all(b"250 2.0.0 ok\r\n")?,
+        }
+        // Pipelining: answer a batch at once when the client's input is drained.
+        if r.buffer().is_empty() {
+            w.flush()?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and the report.
+
+/// percentiles returns (p50, p99) by nearest rank; zero for no samples.
+fn percentiles(v: &[Duration]) -> (Duration, Duration) {
+    if v.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let mut s = v.to_vec();
+    s.sort();
+    let rank = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+    (rank(0.50), rank(0.99))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// median, min and max of one metric's runs.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let med = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (med, s[0], s[s.len() - 1])
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(v: Option<&Vec<f64>>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => {
+            let (med, lo, hi) = summary(v);
+            if v.len() == 1 || lo == hi {
+                num(med)
+            } else {
+                format!("{} ({}–{})", num(med), num(lo), num(hi))
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+fn render(o: &Opts, res: &Results, started: SystemTime, before: &str, after: &str) -> String {
+    let mut s = String::new();
+    let secs = started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let _ = writeln!(
+        s,
+        "### {} ({})\n",
+        match &o.peer {
+            Some(p) => format!("picorelay and {} side by side", p.name),
+            None => "picorelay".to_string(),
+        },
+        utc_date(secs)
+    );
+    let _ = writeln!(
+        s,
+        "- command: `cargo bench --bench bench --{}{}` (runs: {})",
+        if o.args.is_empty() { "" } else { " " },
+        o.args.join(" "),
+        o.runs
+    );
+    let _ = writeln!(s, "- machine: {}", machine(&o.base));
+    let _ = writeln!(
+        s,
+        "- load average before: {}; after: {}",
+        before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "- cells: median (min–max) over the runs; accept cases run in hold mode (no smarthost), \
+         relay cases forward to the built-in sink; each picorelay case starts a fresh relay \
+         with an empty spool\n"
+    );
+    match &o.peer {
+        Some(p) => {
+            let _ = writeln!(
+                s,
+                "| metric | unit | picorelay | {} | picorelay/{} |\n|---|---|---|---|---|",
+                p.name, p.name
+            );
+        }
+        None => {
+            let _ = writeln!(s, "| metric | unit | picorelay |\n|---|---|---|");
+        }
+    }
+    for (label, unit) in &res.order {
+        let Some(by) = res.values.get(label) else {
+            continue;
+        };
+        let us = by.get(&Who::Us);
+        match &o.peer {
+            Some(_) => {
+                let them = by.get(&Who::Peer);
+                let ratio = match (us, them) {
+                    (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() && summary(b).0 > 0.0 => {
+                        format!("{:.2}", summary(a).0 / summary(b).0)
+                    }
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {label} | {unit} | {} | {} | {ratio} |",
+                    cell(us),
+                    cell(them)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "| {label} | {unit} | {} |", cell(us));
+            }
+        }
+    }
+    if !res.notes.is_empty() {
+        let _ = writeln!(s, "\nNotes from this run:\n");
+        for (n, total) in &res.notes {
+            match total {
+                0 => {
+                    let _ = writeln!(s, "- {n}");
+                }
+                _ => {
+                    let _ = writeln!(s, "- {n} ({total} in all runs)");
+                }
+            }
+        }
+    }
+    s
+}
+
+/// machine describes the CPU, kernel and the spool's filesystem.
+fn machine(base: &Path) -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(String::new(), |k| {
+            format!(", {:.1} GiB RAM", k as f64 / 1_048_576.0)
+        });
+    format!(
+        "{cpus} × {model}{mem}, Linux {}, spool on {}",
+        kernel.trim(),
+        filesystem_of(base)
+    )
+}
+
+/// filesystem_of finds the mount holding `p` in /proc/mounts: "ext4 (/dev/vda on /)".
+fn filesystem_of(p: &Path) -> String {
+    let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if p.starts_with(f[1]) && best.as_ref().map_or(true, |(n, _)| f[1].len() >= *n) {
+            best = Some((f[1].len(), format!("{} ({} on {})", f[2], f[0], f[1])));
+        }
+    }
+    format!(
+        "{} {}",
+        p.display(),
+        best.map_or("unknown filesystem".into(), |b| b.1)
+    )
+}
+
+/// utc_date formats unix seconds as "YYYY-MM-DD HH:MM UTC" (civil-from-days).
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// write_section replaces the generated section `name` of the results file
+/// (between its BEGIN/END markers), or appends it; the rest is kept as written.
+fn write_section(path: &Path, name: &str, body: &str) -> Result<(), String> {
+    let begin = format!("<!-- BEGIN generated:{name} -->");
+    let end = format!("<!-- END generated:{name} -->");
+    let old = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let block = format!("{begin}\n{body}{end}");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{}\n{block}\n", old.trim_end()),
+    };
+    fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,21 @@
+//! The product's pure modules, compiled from ../src with #[path] so the fuzz targets can reach them.
+//!
+//! picorelay is a binary crate; including the files keeps `crate::…` paths inside them working
+//! (they resolve to this crate) without a product-side lib.rs. Only modules with no I/O on the
+//! hot path are fuzzed, but their dependencies (tls for client) must be here to compile.
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../src/base64.rs"]
+pub mod base64;
+#[path = "../../src/client.rs"]
+pub mod client;
+#[path = "../../src/config.rs"]
+pub mod config;
+#[path = "../../src/session.rs"]
+pub mod session;
+#[path = "../../src/smtp/mod.rs"]
+pub mod smtp;
+#[path = "../../src/spool.rs"]
+pub mod spool;
+#[path = "../../src/tls.rs"]
+pub mod tls;

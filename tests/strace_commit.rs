@@ -1,0 +1,240 @@
+//! The commit order, seen from the kernel (issue 7, item 5): under strace, each
+//! "250 2.0.0 Ok: queued as ID" is written only after, in the same thread, the fsync of
+//! tmp/ID, the rename tmp/ID -> queue/ID and the fsync of the queue/ folder.
+//!
+//! Needs strace (CI: `apt-get install -y strace`); without it, or where ptrace is not
+//! allowed, the test says so and passes. tools/strace-commit.sh shows the same by hand.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// The syscalls traced: the ones a commit is made of, and the reply.
+const TRACE: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,openat,write,sendto";
+
+fn strace_works() -> bool {
+    Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One traced call: (pid, name, the line).
+fn calls(trace: &str) -> Vec<(String, String, String)> {
+    trace
+        .lines()
+        .filter_map(|l| {
+            let (pid, rest) = l.split_once(' ')?;
+            let rest = rest.trim_start();
+            // "<... fsync resumed>" halves carry no arguments we need: the call's start does.
+            if rest.starts_with("<...") {
+                return None;
+            }
+            let name = rest.split('(').next()?.to_string();
+            Some((pid.to_string(), name, rest.to_string()))
+        })
+        .collect()
+}
+
+/// check_commit_order returns, per id, the four lines that prove the order, or why not.
+fn check_commit_order(
+    trace: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let calls = calls(trace);
+    let mut proof = BTreeMap::new();
+    for id in ids {
+        let queued = format!("queued as {id}");
+        let w = calls
+            .iter()
+            .position(|(_, n, l)| (n == "write" || n == "sendto") && l.contains(&queued))
+            .ok_or_else(|| format!("{id}: no reply write found"))?;
+        let pid = &calls[w].0;
+        // Walk back in the same thread: the folder fsync, before it the rename, before it
+        // the file fsync.
+        let before = |end: usize, pred: &dyn Fn(&str, &str) -> bool| {
+            (0..end)
+                .rev()
+                .find(|&i| calls[i].0 == *pid && pred(&calls[i].1, &calls[i].2))
+        };
+        let tmp = format!("/tmp/{id}");
+        let dest = format!("/queue/{id}");
+        let dir_sync = before(w, &|n, l| {
+            (n == "fsync" || n == "fdatasync") && l.contains("/queue>")
+        })
+        .ok_or_else(|| format!("{id}: no fsync of queue/ before the 250"))?;
+        let rename = before(dir_sync, &|n, l| {
+            n.starts_with("rename")
+                && l.contains(&format!("{tmp}\""))
+                && l.contains(&format!("{dest}\""))
+        })
+        .ok_or_else(|| format!("{id}: no rename tmp/ -> queue/ before the folder fsync"))?;
+        let file_sync = before(rename, &|n, l| {
+            (n == "fsync" || n == "fdatasync") && l.contains(&format!("{tmp}>"))
+        })
+        .ok_or_else(|| format!("{id}: no fsync of tmp/{id} before the rename"))?;
+        // Nothing in between undid it: no later rename of this id before the reply.
+        if before(w, &|n, l| {
+            n.starts_with("rename") && l.contains(id.as_str())
+        }) != Some(rename)
+        {
+            return Err(format!("{id}: renamed again before the 250"));
+        }
+        proof.insert(
+            id.clone(),
+            [file_sync, rename, dir_sync, w]
+                .iter()
+                .map(|&i| format!("{} {}", calls[i].0, calls[i].2))
+                .collect(),
+        );
+    }
+    Ok(proof)
+}
+
+#[test]
+fn each_250_follows_file_fsync_rename_and_folder_fsync() {
+    if !strace_works() {
+        eprintln!("SKIPPED: strace is not installed or ptrace is not allowed here (CI: apt-get install -y strace)");
+        return;
+    }
+    let dir = TempDir::new("strace");
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("picorelay.ini");
+    let pid_file = dir.path().join("relay.pid");
+    let trace = dir.path().join("trace.txt");
+    // Hold mode: no delivery, so the only renames are commits.
+    std::fs::write(
+        &config,
+        merge_ini(
+            &base_ini(&spool),
+            &format!(
+                "[server]\npid_file = {}\n[log]\nlevel = info\n",
+                pid_file.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut strace = Command::new("strace")
+        .args(["-f", "-y", "-s", "65536", "-e", TRACE, "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let (log, stderr) = (Arc::clone(&log), strace.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let mut addr = None;
+    wait_for("the traced relay to listen", || {
+        addr = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split("listening on ").nth(1)?.trim().parse().ok());
+        addr.is_some()
+    });
+    let addr = addr.unwrap();
+    let mut ids = Vec::new();
+    for session in 0..2 {
+        let mut c = Client::connect(addr);
+        c.greet();
+        for i in 0..5 {
+            let r = c.send_message(
+                "a@b.test",
+                &["c@d.test"],
+                &message(&format!("s{session} m{i}"), "x"),
+            );
+            ids.push(queued_id(&r));
+        }
+        c.expect("QUIT", "221");
+    }
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.trim())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = strace.wait().unwrap();
+    assert!(
+        st.success(),
+        "relay under strace: {st}: {:?}",
+        log.lock().unwrap()
+    );
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    match check_commit_order(&text, &ids) {
+        Ok(proof) => {
+            let (id, lines) = proof.iter().next().unwrap();
+            eprintln!("{} messages checked; the first, {id}:", proof.len());
+            for l in lines {
+                eprintln!("  {l}");
+            }
+        }
+        Err(why) => panic!("{why}\n(trace kept in {})", keep(&trace).display()),
+    }
+}
+
+/// keep copies a trace out of the temp dir (removed on drop) for a failing run.
+fn keep(trace: &Path) -> std::path::PathBuf {
+    let to = std::env::temp_dir().join(format!("picorelay-strace-{}.txt", std::process::id()));
+    let _ = std::fs::copy(trace, &to);
+    to
+}
+
+/// The checker itself must fail on a wrong order (a 250 before the folder fsync).
+#[test]
+fn checker_refuses_a_250_before_the_folder_fsync() {
+    let good = r#"10 openat(AT_FDCWD</>, "/s/tmp/ID1", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0640) = 5</s/tmp/ID1>
+10 write(5</s/tmp/ID1>, "picorelay-spool 1\n", 18) = 18
+10 fsync(5</s/tmp/ID1>) = 0
+10 rename("/s/tmp/ID1", "/s/queue/ID1") = 0
+10 openat(AT_FDCWD</>, "/s/queue", O_RDONLY|O_CLOEXEC) = 5</s/queue>
+11 write(2<pipe:[1]>, "log", 3) = 3
+10 fsync(5</s/queue> <unfinished ...>
+11 fsync(7</s/queue>) = 0
+10 <... fsync resumed>) = 0
+10 write(4<TCP:[1]>, "250 2.0.0 Ok: queued as ID1\r\n", 29) = 29
+"#;
+    let ids = vec!["ID1".to_string()];
+    assert!(check_commit_order(good, &ids).is_ok());
+    let cases = [
+        // The reply before the folder fsync.
+        good.replace(
+            "10 write(4<TCP:[1]>, \"250 2.0.0 Ok: queued as ID1\\r\\n\", 29) = 29\n",
+            "",
+        )
+        .replace(
+            "10 fsync(5</s/queue> <unfinished ...>",
+            "10 write(4<TCP:[1]>, \"250 2.0.0 Ok: queued as ID1\\r\\n\", 29) = 29\n10 fsync(5</s/queue> <unfinished ...>",
+        ),
+        // The folder fsync only in another thread.
+        good.replace("10 fsync(5</s/queue> <unfinished ...>\n", "")
+            .replace("10 <... fsync resumed>) = 0\n", ""),
+        // No file fsync.
+        good.replace("10 fsync(5</s/tmp/ID1>) = 0\n", ""),
+        // No rename.
+        good.replace("10 rename(\"/s/tmp/ID1\", \"/s/queue/ID1\") = 0\n", ""),
+    ];
+    for bad in cases {
+        assert!(check_commit_order(&bad, &ids).is_err(), "{bad}");
+    }
+}
