@@ -2,7 +2,7 @@
 //! can be reopened after logrotate moved it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -57,14 +57,15 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<Option<LogFile>, 
                 path: path.to_path_buf(),
                 file: Arc::new(Mutex::new(f)),
             };
-            let _ = WriteLogger::init(LevelFilter::Trace, b.build(), lf.clone());
+            // One write(2) per line: simplelog writes a record in many small pieces.
+            let _ = WriteLogger::init(LevelFilter::Trace, b.build(), LineWriter::new(lf.clone()));
             set_level(level);
             Ok(Some(lf))
         }
         None => {
             // journald and the terminal add their own time stamps.
             b.set_time_level(LevelFilter::Off);
-            let _ = WriteLogger::init(LevelFilter::Trace, b.build(), io::stderr());
+            let _ = WriteLogger::init(LevelFilter::Trace, b.build(), LineWriter::new(io::stderr()));
             set_level(level);
             Ok(None)
         }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,6 +19,10 @@ use crate::smtp::reply::{self, Reply};
 use crate::spool::{Envelope, RcptState, Recipient, Spool};
 use crate::sys;
 use crate::tls::{ServerTls, Stream};
+
+/// Accept backlog of each listener: a burst of connects (1000 at once) waits in
+/// the kernel for the accept loop instead of being dropped and retried.
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// How long a connection may wait for a free worker before it gets 421 4.3.2.
 const QUEUE_WAIT: Duration = Duration::from_secs(3);
@@ -51,12 +55,15 @@ pub fn bind(cfg: &Config) -> Result<Vec<Listener>, String> {
     plain
         .chain(tls)
         .map(|(addr, implicit_tls)| {
-            TcpListener::bind(addr)
-                .map(|socket| Listener {
-                    socket,
-                    implicit_tls,
-                })
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+            let socket =
+                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            if let Err(e) = sys::set_backlog(&socket, LISTEN_BACKLOG) {
+                log::debug!("{addr}: cannot raise the listen backlog: {e}");
+            }
+            Ok(Listener {
+                socket,
+                implicit_tls,
+            })
         })
         .collect()
 }
@@ -231,7 +238,11 @@ struct Pending {
 struct Pool {
     queue: Mutex<VecDeque<Pending>>,
     ready: Condvar,
+    /// How many connections may wait beyond those idle workers are about to take.
     capacity: usize,
+    /// Workers waiting for a connection; changed only with `queue` locked, so
+    /// `admit` sees how many queued connections are about to be taken.
+    idle: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -251,6 +262,7 @@ impl Server {
             queue: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             capacity: n.max(1),
+            idle: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         let mut workers = Vec::with_capacity(n);
@@ -338,7 +350,8 @@ impl Server {
             *n += 1;
         }
         let mut q = lock(&self.pool.queue);
-        if q.len() >= self.pool.capacity {
+        // Connections idle workers are about to take are not waiting.
+        if q.len() >= self.pool.capacity + self.pool.idle.load(Ordering::SeqCst) {
             drop(q);
             release_ip(&self.shared, ip);
             refuse(
@@ -453,7 +466,9 @@ fn worker(shared: Arc<Shared>, pool: Arc<Pool>) {
                 if pool.closed.load(Ordering::SeqCst) {
                     break None;
                 }
+                pool.idle.fetch_add(1, Ordering::SeqCst);
                 q = pool.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                pool.idle.fetch_sub(1, Ordering::SeqCst);
             }
         };
         let Some(p) = next else { return };
@@ -516,9 +531,17 @@ impl Conn {
         }
         let start = self.inbuf.len();
         self.inbuf.resize(start + READ_CHUNK, 0);
-        let r = match self.stream.as_mut() {
-            Some(s) => s.read(&mut self.inbuf[start..]),
-            None => Err(io::Error::other("connection closed")),
+        let r = loop {
+            let r = match self.stream.as_mut() {
+                Some(s) => s.read(&mut self.inbuf[start..]),
+                None => Err(io::Error::other("connection closed")),
+            };
+            // A signal (SIGHUP, SIGUSR1) can interrupt a read that has a timeout
+            // set, SA_RESTART or not: that is no reason to drop the session.
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
         };
         match r {
             Ok(0) => {

@@ -35,7 +35,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// First line of every spool file; the number is the format version.
@@ -511,6 +511,73 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(|e| io_err(&e, "cannot fsync directory", dir))
 }
 
+/// DirSync makes renames and unlinks in one directory durable with as few
+/// fsyncs as possible (group commit): a caller that arrives while an fsync runs
+/// waits for the next one, which covers every change made before it began. Each
+/// caller still returns only after an fsync that started after its own change,
+/// so a `250` is never sent before its directory entry is on disk.
+pub struct DirSync {
+    dir: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Changes announced so far (each caller's ticket).
+    requested: u64,
+    /// Every ticket up to this one is on disk.
+    synced: u64,
+    /// An fsync is under way.
+    running: bool,
+}
+
+impl fmt::Debug for DirSync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DirSync({})", self.dir.display())
+    }
+}
+
+impl DirSync {
+    /// DirSync::new syncs `dir`.
+    pub fn new(dir: &Path) -> DirSync {
+        DirSync {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(SyncState::default()),
+            done: Condvar::new(),
+        }
+    }
+
+    /// sync returns once a directory fsync that began after this call has
+    /// completed. If that fsync fails, the caller that ran it gets the error and
+    /// the waiting ones try again themselves.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.synced >= ticket {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                let covers = st.requested;
+                drop(st);
+                let result = sync_dir(&self.dir);
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                if result.is_ok() {
+                    st.synced = st.synced.max(covers);
+                }
+                self.done.notify_all();
+                result?;
+                continue;
+            }
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Creates a new file exclusively (O_EXCL), mode 0640.
 fn create_new(path: &Path) -> Result<File, SpoolError> {
     OpenOptions::new()
@@ -537,6 +604,8 @@ pub struct Spool {
     corrupt: PathBuf,
     max_size: u64,
     usage: Arc<AtomicU64>,
+    /// Group commit for queue/: renames in (commit, update) and unlinks (delete).
+    queue_sync: Arc<DirSync>,
 }
 
 impl Spool {
@@ -550,6 +619,7 @@ impl Spool {
             corrupt: dir.join("corrupt"),
             max_size,
             usage: Arc::new(AtomicU64::new(0)),
+            queue_sync: Arc::new(DirSync::new(&dir.join("queue"))),
         };
         let mut created = ensure_dir(dir)?;
         for sub in [&spool.tmp, &spool.queue, &spool.corrupt] {
@@ -686,6 +756,7 @@ impl Spool {
             queue: self.queue.clone(),
             writer: Some(BufWriter::with_capacity(WRITE_BUF, file)),
             usage: Arc::clone(&self.usage),
+            queue_sync: Arc::clone(&self.queue_sync),
         };
         let header = format_header(&Envelope {
             id: incoming.id.clone(),
@@ -828,7 +899,7 @@ impl Spool {
                 } else {
                     usage_sub(&self.usage, old_size - new_size);
                 }
-                sync_dir(&self.queue)
+                self.queue_sync.sync()
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -845,7 +916,7 @@ impl Spool {
             Ok(()) => {
                 usage_sub(&self.usage, size);
                 // So a delivered message does not come back (and go out twice) after a crash.
-                sync_dir(&self.queue)
+                self.queue_sync.sync()
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(SpoolError::NotFound(id.to_string()))
@@ -864,6 +935,7 @@ pub struct Incoming {
     queue: PathBuf,
     writer: Option<BufWriter<File>>,
     usage: Arc<AtomicU64>,
+    queue_sync: Arc<DirSync>,
 }
 
 impl Incoming {
@@ -930,7 +1002,7 @@ impl Incoming {
         drop(file);
         let dest = self.queue.join(&self.id);
         fs::rename(&tmp, &dest).map_err(|e| io_err(&e, "cannot rename into", &dest))?;
-        if let Err(e) = sync_dir(&self.queue) {
+        if let Err(e) = self.queue_sync.sync() {
             // Not durable, so the client must not get 250: take the message back out (it will retry)
             // rather than deliver one the client also resends.
             let _ = fs::remove_file(&dest);
@@ -1214,6 +1286,32 @@ mod tests {
         ] {
             assert_eq!(valid_id(id), ok, "{id:?}");
         }
+    }
+
+    #[test]
+    fn dir_sync_serves_concurrent_callers_and_reports_failures() {
+        let t = TempDir::new("dirsync");
+        fs::create_dir_all(&t.0).unwrap();
+        let sync = Arc::new(DirSync::new(&t.0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let sync = Arc::clone(&sync);
+                std::thread::spawn(move || (0..25).all(|_| sync.sync().is_ok()))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
+        let st = sync.state.lock().unwrap();
+        assert_eq!((st.requested, st.synced, st.running), (200, 200, false));
+        drop(st);
+        // A directory that is gone: every caller gets the error, none waits forever.
+        let gone = Arc::new(DirSync::new(&t.0.join("missing")));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let gone = Arc::clone(&gone);
+                std::thread::spawn(move || gone.sync().is_err())
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
     }
 
     #[test]

@@ -139,6 +139,18 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<usize>>
         .collect())
 }
 
+/// set_backlog raises a listening socket's accept backlog (std binds with
+/// 128): a burst of connects then waits in the kernel instead of being dropped
+/// and retried a second later. Linux caps it at net.core.somaxconn.
+pub fn set_backlog<T: AsRawFd>(listener: &T, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen on a descriptor we own that is already listening only
+    // updates its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// pid_alive tells whether a process with this id exists (signal 0 probe).
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
