@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::config::{BounceTo, Config};
 use crate::message;
-use crate::spool::{Envelope, RcptState, Recipient, Spool, SpoolError};
+use crate::spool::{Envelope, Spool, SpoolError};
 
 /// At most this much of the original header section is returned (RFC 6522 text/rfc822-headers
 /// needs only enough to recognise the message); cut at a line end.
@@ -310,24 +310,11 @@ pub fn queue(
     };
     let text = build(&report, original_headers, &boundary(original_headers));
     let bounce = Envelope {
-        id: String::new(),
-        sender: String::new(),
-        recipients: vec![Recipient {
-            addr: to.clone(),
-            orig: None,
-            state: RcptState::Pending,
-            reply: None,
-        }],
-        client: "local".to_string(),
-        helo: cfg.server.hostname.clone(),
         arrival: now,
-        auth_user: None,
         eight_bit: !text.is_ascii(),
         smtputf8: !to.is_ascii(),
-        attempts: 0,
-        next_attempt: 0,
-        last_error: None,
         bounced: true,
+        ..Envelope::new("", std::slice::from_ref(&to), "local", &cfg.server.hostname)
     };
     let mut incoming = spool.begin(&bounce)?;
     incoming.write_all(&text)?;

@@ -1501,39 +1501,11 @@ fn from_header(s: &str) -> Result<String, String> {
     })
 }
 
-/// crypt_hash checks the shape of a SHA-crypt hash: `$5$[rounds=N$]salt$hash` (43 characters)
-/// or `$6$...` (86 characters), as `openssl passwd -5|-6` prints them.
+/// crypt_hash checks a `[users]` value with the same rules AUTH verifies by
+/// (`$5$`/`$6$`, rounds, salt, hash length), so a hash no password could ever
+/// match is refused at start-up rather than at the first login.
 fn crypt_hash(s: &str) -> Result<(), String> {
-    let bad = || {
-        "not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)"
-            .to_string()
-    };
-    let parts: Vec<&str> = s.split('$').collect();
-    let (id, salt, hash) = match parts.as_slice() {
-        ["", id, salt, hash] => (*id, *salt, *hash),
-        ["", id, rounds, salt, hash]
-            if rounds
-                .strip_prefix("rounds=")
-                .and_then(digits_u64)
-                .is_some() =>
-        {
-            (*id, *salt, *hash)
-        }
-        _ => return Err(bad()),
-    };
-    let len = match id {
-        "5" => 43,
-        "6" => 86,
-        _ => return Err(bad()),
-    };
-    let b64 = |t: &str| {
-        t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
-    };
-    if salt.is_empty() || hash.len() != len || !b64(hash) {
-        return Err(bad());
-    }
-    Ok(())
+    crate::crypt::check_hash(s).map_err(|e| format!("not a usable SHA-crypt hash: {e}"))
 }
 
 /// fingerprint reads `sha256:` followed by 64 hex digits, colons allowed between them.
@@ -1798,15 +1770,15 @@ mod tests {
             ("[server]\nuser = \"mail man\"", r#"picorelay.ini: [server] user: "mail man" is not a user name (no spaces)"#),
             (
                 "[users]\nalice = secret",
-                "picorelay.ini: [users] alice: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+                "picorelay.ini: [users] alice: not a usable SHA-crypt hash: hash must start with $5$ or $6$ (make one with `openssl passwd -6`)",
             ),
             (
                 "[users]\nbob = $6$salt$short",
-                "picorelay.ini: [users] bob: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+                "picorelay.ini: [users] bob: not a usable SHA-crypt hash: hash part must be 43 ($5$) or 86 ($6$) characters of ./0-9A-Za-z after the salt",
             ),
             (
                 "[users]\nbob = $1$salt$abcdefghabcdefghabcdef",
-                "picorelay.ini: [users] bob: not a SHA-crypt hash ($6$salt$hash or $5$salt$hash; make one with: openssl passwd -6)",
+                "picorelay.ini: [users] bob: not a usable SHA-crypt hash: hash must start with $5$ or $6$ (make one with `openssl passwd -6`)",
             ),
             // [smarthost]
             (

@@ -2,13 +2,18 @@
 //! retries deferred ones with backoff, pauses the whole queue after a login, certificate or
 //! connection failure, expires old messages and queues bounces.
 //!
-//! Two threads share one `Work` behind a Mutex + Condvar. The delivery thread owns the
-//! smarthost connection: it takes the most overdue message, sends it, writes the outcome back
+//! SENDERS sender threads and one scan thread share one `Work` behind a Mutex + Condvar. Each
+//! sender owns its own smarthost connection: it claims the most overdue message nobody else
+//! holds (a message is in the hands of one sender at a time), sends it, writes the outcome back
 //! to the spool, and keeps going over the same connection while messages are due (RSET between,
-//! QUIT after a short idle), so a backlog costs one login. The scan thread lists queue/ every
-//! second for messages committed by other processes (`picorelay sendmail`) or deleted by
-//! `queue delete`, and reacts to the `flush` trigger file. `Runner::notify` (called by the
-//! server right after a commit) wakes the delivery thread at once: no poll interval in the way.
+//! QUIT after a short idle), so a backlog costs one login per connection. Delivery waits on the
+//! smarthost's replies and on fsyncs far more than on the CPU, so a few connections in parallel
+//! multiply the rate. Whether the smarthost works at all is decided by one sender: the first
+//! connection while none is open, and the one attempt after a pause, are made alone while the
+//! others wait (see `Work::claim`). The scan thread lists queue/ every second for messages
+//! committed by other processes (`picorelay sendmail`) or deleted by `queue delete`, and reacts
+//! to the `flush` trigger file. `Runner::notify` (called by the server right after a commit)
+//! wakes a sender at once: no poll interval in the way.
 //!
 //! Delivery is at-least-once: the spool is updated only after the smarthost answered, so a
 //! crash in between sends the message again; nothing is removed before it was accepted,
@@ -33,6 +38,14 @@ use crate::rewrite;
 use crate::spool::{Envelope, RcptState, Spool, SpoolError};
 use crate::tls;
 
+/// Sender threads, each with its own smarthost connection. A sender spends most of a message
+/// waiting (smarthost round trips, the queue folder's fsync), so two or three overlap well even
+/// on one core; more would mostly load the smarthost (a relay's peer may limit connections).
+const SENDERS: usize = 3;
+/// After an extra connection failed while another sender's works, that sender waits this long
+/// before trying again; the working connections carry the queue meanwhile (a smarthost that
+/// limits connections per client must not pause the whole queue).
+const EXTRA_LINK_RETRY: Duration = Duration::from_secs(10);
 /// TCP connect, per address tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often queue/ is listed for messages committed by other processes.
@@ -249,6 +262,7 @@ impl Index {
     }
 
     /// The most overdue message (ties: the oldest).
+    #[cfg(test)]
     fn first_due(&self) -> Option<(u64, String)> {
         self.by_due.iter().next().cloned()
     }
@@ -265,20 +279,92 @@ struct Pause {
     reason: String,
 }
 
-/// Everything both threads touch, behind one Mutex.
+/// Everything the threads touch, behind one Mutex.
 struct Work {
     cfg: Arc<Config>,
     index: Index,
-    /// The message the delivery thread is working on: the scan leaves it alone.
-    busy: Option<String>,
+    /// Messages a sender is working on: no other sender takes them, the scan leaves them alone.
+    busy: BTreeSet<String>,
     pause: Option<Pause>,
+    /// Senders holding an open smarthost connection.
+    links: usize,
+    /// A sender is making the connection that decides whether the smarthost works (the first
+    /// while none is open, or the one attempt after a pause): the others wait for its outcome.
+    probing: bool,
     stopping: bool,
+}
+
+impl Work {
+    fn new(cfg: Arc<Config>, index: Index) -> Work {
+        Work {
+            cfg,
+            index,
+            busy: BTreeSet::new(),
+            pause: None,
+            links: 0,
+            probing: false,
+            stopping: false,
+        }
+    }
+
+    /// claim hands a sender the most overdue message no other sender holds, or says how long
+    /// to wait (the sender is woken earlier when something changes). `has_link`: the sender
+    /// holds an open connection; `may_open`: it may open an extra one while another sender's
+    /// works (false for a while after such an extra connection failed).
+    ///
+    /// A pause stops every sender. When it is over, or when no connection is open at all, the
+    /// next connection decides whether the smarthost works: exactly one sender makes it (the
+    /// job comes back with `probe` set) and the others wait until it is open or has failed,
+    /// so a dead or refusing smarthost sees one attempt, not one per sender.
+    fn claim(&mut self, has_link: bool, may_open: bool, now: u64) -> Result<Job, Duration> {
+        if self.stopping || self.cfg.smarthost.hosts.is_empty() {
+            return Err(MAX_SLEEP);
+        }
+        if let Some(p) = &self.pause {
+            if p.until > now {
+                return Err(Duration::from_millis(p.until - now));
+            }
+        }
+        let probe = !has_link && (self.links == 0 || self.pause.is_some());
+        if (probe && self.probing) || (!has_link && !probe && !may_open) {
+            return Err(MAX_SLEEP);
+        }
+        let busy = &self.busy;
+        let Some((due, id)) = self
+            .index
+            .by_due
+            .iter()
+            .find(|(_, id)| !busy.contains(id))
+            .cloned()
+        else {
+            return Err(MAX_SLEEP);
+        };
+        if due > now {
+            return Err(Duration::from_millis(due - now));
+        }
+        let source = self
+            .index
+            .by_id
+            .get(&id)
+            .map_or(Source::Retry, |e| e.source);
+        self.busy.insert(id.clone());
+        self.probing |= probe;
+        Ok(Job {
+            id,
+            cfg: Arc::clone(&self.cfg),
+            source,
+            probe,
+        })
+    }
 }
 
 struct Shared {
     spool: Arc<Spool>,
     work: Mutex<Work>,
+    /// Wakes senders (new message, flush, pause over, config, stop).
     wake: Condvar,
+    /// Wakes the scan thread (stop only): kept apart so a `notify_one` always reaches a sender.
+    scan_wake: Condvar,
     state: Arc<DeliveryState>,
     /// Threads still running, for `stop`'s grace period.
     running: Mutex<usize>,
@@ -352,32 +438,27 @@ impl Runner {
         }
         let shared = Arc::new(Shared {
             spool,
-            work: Mutex::new(Work {
-                cfg,
-                index,
-                busy: None,
-                pause: None,
-                stopping: false,
-            }),
+            work: Mutex::new(Work::new(cfg, index)),
             wake: Condvar::new(),
+            scan_wake: Condvar::new(),
             state: Arc::new(DeliveryState::default()),
             running: Mutex::new(0),
             exited: Condvar::new(),
         });
         shared.publish(&shared.lock());
         let mut threads = Vec::new();
-        for (name, body) in [
-            ("delivery", Shared::delivery_loop as fn(&Shared)),
-            ("queue-scan", Shared::scan_loop as fn(&Shared)),
-        ] {
+        // Some(n): sender n; None: the scan thread.
+        for role in (0..SENDERS).map(Some).chain([None]) {
             let sh = Arc::clone(&shared);
             *shared.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            let spawned = thread::Builder::new()
-                .name(name.to_string())
-                .spawn(move || {
-                    let guard = Running(sh);
-                    body(&guard.0);
-                });
+            let name = role.map_or("queue-scan".to_string(), |n| format!("delivery-{n}"));
+            let spawned = thread::Builder::new().name(name).spawn(move || {
+                let guard = Running(sh);
+                match role {
+                    Some(n) => guard.0.delivery_loop(n),
+                    None => guard.0.scan_loop(),
+                }
+            });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -385,6 +466,7 @@ impl Runner {
                     // Whatever already started ends on its own.
                     shared.lock().stopping = true;
                     shared.wake.notify_all();
+                    shared.scan_wake.notify_all();
                     return Err(e);
                 }
             }
@@ -429,6 +511,7 @@ impl Runner {
     pub fn stop(self, grace: Duration) {
         self.shared.lock().stopping = true;
         self.shared.wake.notify_all();
+        self.shared.scan_wake.notify_all();
         let deadline = Instant::now() + grace;
         let mut running = self
             .shared
@@ -531,17 +614,24 @@ impl Link {
     }
 }
 
-/// The delivery thread's own state between messages.
+/// A sender thread's own state between messages.
 struct Sender {
+    /// Which sender, for the log.
+    n: usize,
     link: Option<Link>,
     settings: Option<(Arc<Config>, Result<Settings, String>)>,
+    /// No extra connection before then: the last one failed while another sender's worked.
+    open_after: Option<Instant>,
 }
 
 /// The message in hand.
+#[derive(Debug)]
 struct Job {
     id: String,
     cfg: Arc<Config>,
     source: Source,
+    /// This attempt's connection decides whether the smarthost works (see `Work::claim`).
+    probe: bool,
 }
 
 /// How an attempt ended for the pending recipients, before expiry and bookkeeping.
@@ -582,7 +672,7 @@ impl Shared {
 
     fn notify(&self, id: &str) {
         let mut w = self.lock();
-        if w.busy.as_deref() != Some(id) {
+        if !w.busy.contains(id) {
             if w.index.by_id.contains_key(id) {
                 w.index.set_due(id, 0, Source::Notify);
             } else {
@@ -597,7 +687,8 @@ impl Shared {
         }
         self.publish(&w);
         drop(w);
-        self.wake.notify_all();
+        // One message, one sender: any waiting sender can take it.
+        self.wake.notify_one();
     }
 
     fn flush(&self, source: Source) {
@@ -624,7 +715,7 @@ impl Shared {
             {
                 let w = self.lock();
                 let (w, _) = self
-                    .wake
+                    .scan_wake
                     .wait_timeout_while(w, RESCAN_EVERY, |w| !w.stopping)
                     .unwrap_or_else(|p| p.into_inner());
                 if w.stopping {
@@ -658,9 +749,7 @@ impl Shared {
                 .by_id
                 .iter()
                 .filter(|(id, e)| {
-                    e.added < listed_at
-                        && w.busy.as_deref() != Some(id.as_str())
-                        && !on_disk.contains(id.as_str())
+                    e.added < listed_at && !w.busy.contains(*id) && !on_disk.contains(id.as_str())
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -674,7 +763,7 @@ impl Shared {
             ids.iter()
                 .filter(|id| {
                     !w.index.by_id.contains_key(*id)
-                        && w.busy.as_deref() != Some(id.as_str())
+                        && !w.busy.contains(*id)
                         && !unreadable.contains(*id)
                 })
                 .cloned()
@@ -700,7 +789,7 @@ impl Shared {
         }
         let mut w = self.lock();
         for env in found {
-            if w.index.by_id.contains_key(&env.id) || w.busy.as_deref() == Some(env.id.as_str()) {
+            if w.index.by_id.contains_key(&env.id) || w.busy.contains(&env.id) {
                 continue;
             }
             log::debug!("delivery {}: found by rescan", env.id);
@@ -717,26 +806,45 @@ impl Shared {
         self.wake.notify_all();
     }
 
-    // ---- the delivery thread ----
+    // ---- the sender threads ----
 
-    fn delivery_loop(&self) {
+    fn delivery_loop(&self, n: usize) {
         let mut s = Sender {
+            n,
             link: None,
             settings: None,
+            open_after: None,
         };
         while let Some(job) = self.next_job(&mut s) {
-            self.run_job(&mut s, &job);
+            let handed_back = self.run_job(&mut s, &job);
             let mut w = self.lock();
-            w.busy = None;
+            w.busy.remove(&job.id);
+            if job.probe {
+                // Normally cleared when the connection opened or failed; never left set.
+                w.probing = false;
+            }
             self.publish(&w);
+            drop(w);
+            if handed_back {
+                // Still due: another sender (one with a working connection) takes it.
+                self.wake.notify_all();
+            }
         }
+        self.close_link(&mut s);
+    }
+
+    /// close_link says QUIT on the sender's connection, if it has one.
+    fn close_link(&self, s: &mut Sender) {
         if let Some(l) = s.link.take() {
+            let mut w = self.lock();
+            w.links = w.links.saturating_sub(1);
+            drop(w);
             l.conn.quit();
         }
     }
 
-    /// next_job waits for a due message (none in hold mode or while paused), closing an idle
-    /// connection after IDLE_HOLD. None when stopping.
+    /// next_job waits for a message this sender may take (none in hold mode or while paused;
+    /// see `Work::claim`), closing an idle connection after IDLE_HOLD. None when stopping.
     fn next_job(&self, s: &mut Sender) -> Option<Job> {
         let mut w = self.lock();
         loop {
@@ -745,40 +853,26 @@ impl Shared {
             }
             if let Some(l) = &s.link {
                 if l.last_used.elapsed() >= IDLE_HOLD || !Arc::ptr_eq(&l.cfg, &w.cfg) {
-                    let l = s.link.take();
                     drop(w);
-                    if let Some(l) = l {
-                        l.conn.quit();
-                    }
+                    self.close_link(s);
                     w = self.lock();
                     continue;
                 }
             }
-            let now = now_ms();
-            let mut sleep = MAX_SLEEP;
-            let hold = w.cfg.smarthost.hosts.is_empty();
-            let paused_until = w.pause.as_ref().map(|p| p.until).filter(|&u| u > now);
-            if let (false, Some((due, id))) = (hold, w.index.first_due()) {
-                match paused_until {
-                    Some(until) => sleep = Duration::from_millis(until - now),
-                    None if due <= now => {
-                        let source = w.index.by_id.get(&id).map_or(Source::Retry, |e| e.source);
-                        w.busy = Some(id.clone());
-                        return Some(Job {
-                            id,
-                            cfg: Arc::clone(&w.cfg),
-                            source,
-                        });
-                    }
-                    None => sleep = Duration::from_millis(due - now),
-                }
+            let may_open = s.open_after.map_or(true, |t| t <= Instant::now());
+            let mut sleep = match w.claim(s.link.is_some(), may_open, now_ms()) {
+                Ok(job) => return Some(job),
+                Err(sleep) => sleep,
+            };
+            if let Some(t) = s.open_after {
+                sleep = sleep.min(t.saturating_duration_since(Instant::now()));
             }
             if let Some(l) = &s.link {
                 sleep = sleep.min(IDLE_HOLD.saturating_sub(l.last_used.elapsed()));
             }
             w = self
                 .wake
-                .wait_timeout(w, sleep.min(MAX_SLEEP))
+                .wait_timeout(w, sleep.clamp(Duration::from_millis(1), MAX_SLEEP))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
@@ -798,13 +892,14 @@ impl Shared {
     }
 
     /// run_job makes sure a connection is open (one login for the whole backlog), then
-    /// delivers the message in hand over it.
-    fn run_job(&self, s: &mut Sender, job: &Job) {
+    /// delivers the message in hand over it. True when the message was handed back untried
+    /// (an extra connection failed while others work): it is still due.
+    fn run_job(&self, s: &mut Sender, job: &Job) -> bool {
         if let Some(l) = s.link.as_mut() {
             // RSET between messages; it also finds a connection the smarthost has dropped.
             if let Err(e) = l.conn.reset() {
-                log::debug!("delivery: reconnecting: {e}");
-                s.link = None;
+                log::debug!("delivery {}: reconnecting: {e}", s.n);
+                self.close_link(s);
             }
         }
         if s.link.is_none() {
@@ -827,7 +922,7 @@ impl Shared {
                             }
                         }
                     })));
-                    log::debug!("delivery: connected to {}", conn.peer());
+                    log::debug!("delivery {}: connected to {}", s.n, conn.peer());
                     s.link = Some(Link {
                         conn,
                         cfg: Arc::clone(&job.cfg),
@@ -836,6 +931,11 @@ impl Shared {
                         fresh: true,
                     });
                     let mut w = self.lock();
+                    w.links += 1;
+                    if job.probe {
+                        w.probing = false;
+                    }
+                    s.open_after = None;
                     if w.pause.take().is_some() {
                         log::info!("delivery resumed");
                         // What waited out the pause goes in arrival order, not in the order
@@ -853,17 +953,40 @@ impl Shared {
                         }
                     }
                     self.publish(&w);
+                    drop(w);
+                    // The smarthost works: senders waiting for this outcome may connect too.
+                    self.wake.notify_all();
                 }
                 Err(e) => {
+                    let mut w = self.lock();
+                    if job.probe {
+                        w.probing = false;
+                    }
+                    if !job.probe && w.links > 0 && w.pause.is_none() {
+                        // Others' connections work (the smarthost may limit connections per
+                        // client): no pause, they carry the queue; this sender tries later.
+                        drop(w);
+                        s.open_after = Some(Instant::now() + EXTRA_LINK_RETRY);
+                        log::info!(
+                            "delivery {}: extra smarthost connection failed, going on with fewer: {e}",
+                            s.n
+                        );
+                        return true;
+                    }
+                    drop(w);
                     self.open_failed(job, &e);
-                    return;
+                    self.wake.notify_all();
+                    return false;
                 }
             }
         }
-        let Some(link) = s.link.as_mut() else { return };
+        let Some(link) = s.link.as_mut() else {
+            return false;
+        };
         self.deliver(link, job);
         link.last_used = Instant::now();
         link.fresh = false;
+        false
     }
 
     /// open_failed pauses the whole queue: a login, certificate or connection problem is
@@ -875,6 +998,14 @@ impl Shared {
         self.state.error(e.stage, &e.message);
         let now = now_ms();
         let mut w = self.lock();
+        if let Some(p) = w.pause.as_ref().filter(|p| !job.probe && p.until > now) {
+            // Another sender's attempt, made at the same time, already paused the queue: this
+            // one adds no backoff step and no log line, its message just waits the pause out.
+            let until = p.until;
+            drop(w);
+            self.account_pause(cfg, &job.id, &reason, until, true);
+            return;
+        }
         let (level, before) = match &w.pause {
             Some(p) => (p.level.saturating_add(1), Some((p.stage, p.reason.clone()))),
             None => (1, None),
@@ -902,6 +1033,7 @@ impl Shared {
             .iter()
             .filter(|(id, e)| {
                 *id != &job.id
+                    && !w.busy.contains(*id)
                     && e.arrival
                         .saturating_add(cfg.queue.lifetime.as_secs())
                         .saturating_mul(1000)
@@ -909,12 +1041,21 @@ impl Shared {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        // Claimed like a job, so no other sender works on them meanwhile.
+        w.busy.extend(overdue.iter().cloned());
         drop(w);
         // The message this attempt was for shows the reason in `queue list`.
         self.account_pause(cfg, &job.id, &reason, until, true);
         // Others past their lifetime expire now instead of waiting for their turn.
-        for id in overdue {
-            self.account_pause(cfg, &id, &reason, until, false);
+        for id in &overdue {
+            self.account_pause(cfg, id, &reason, until, false);
+        }
+        if !overdue.is_empty() {
+            let mut w = self.lock();
+            for id in &overdue {
+                w.busy.remove(id);
+            }
+            self.publish(&w);
         }
     }
 
@@ -1332,6 +1473,192 @@ mod tests {
         ix.insert("A", e(1)); // re-insert replaces
         assert_eq!(ix.by_due.len(), 2);
         assert_eq!(ix.first_due(), Some((1, "A".to_string())));
+    }
+
+    /// A runner's shared state with `n` messages due now (M000, M001, ...), no thread started.
+    fn work(n: usize, smarthost: bool) -> Work {
+        let host = if smarthost {
+            "[smarthost]\nhost = 127.0.0.1:2526\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[server]\nlisten = 127.0.0.1:2525\nhostname = h.test\n{host}[queue]\ndir = /tmp/x\n"
+        );
+        let cfg = Config::parse(Path::new("t.ini"), &text).unwrap();
+        let mut ix = Index::default();
+        for i in 0..n {
+            let e = Entry {
+                due: 0,
+                arrival: 0,
+                added: Instant::now(),
+                source: Source::Start,
+            };
+            ix.insert(&format!("M{i:03}"), e);
+        }
+        Work::new(Arc::new(cfg), ix)
+    }
+
+    #[test]
+    fn claim_hands_each_message_to_one_sender() {
+        let mut w = work(4, true);
+        w.links = 1;
+        let now = now_ms();
+        let got: Vec<String> = (0..4)
+            .map(|_| w.claim(true, true, now).unwrap().id)
+            .collect();
+        assert_eq!(got, ["M000", "M001", "M002", "M003"]);
+        // All in hand: the next sender waits instead of getting one twice.
+        assert_eq!(w.claim(true, true, now).unwrap_err(), MAX_SLEEP);
+        // Handed back (still due): it is claimable again, by one sender.
+        w.busy.remove("M002");
+        assert_eq!(w.claim(true, true, now).unwrap().id, "M002");
+        assert!(w.claim(true, true, now).is_err());
+        // Not due yet: wait until it is.
+        w.busy.clear();
+        for id in ["M000", "M001", "M002", "M003"] {
+            w.index.set_due(id, now + 5000, Source::Retry);
+        }
+        assert_eq!(
+            w.claim(true, true, now).unwrap_err(),
+            Duration::from_millis(5000)
+        );
+    }
+
+    #[test]
+    fn claim_under_contention_never_doubles_a_message() {
+        let w = Arc::new(Mutex::new(work(400, true)));
+        w.lock().unwrap().links = 1;
+        let in_hand = Arc::new(Mutex::new(BTreeSet::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (w, in_hand, sent) = (w.clone(), in_hand.clone(), sent.clone());
+                thread::spawn(move || loop {
+                    let job = match w.lock().unwrap().claim(true, true, now_ms()) {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    assert!(
+                        in_hand.lock().unwrap().insert(job.id.clone()),
+                        "{} handed to two senders",
+                        job.id
+                    );
+                    thread::yield_now();
+                    in_hand.lock().unwrap().remove(&job.id);
+                    sent.lock().unwrap().push(job.id.clone());
+                    let mut w = w.lock().unwrap();
+                    w.index.remove(&job.id);
+                    w.busy.remove(&job.id);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let sent = sent.lock().unwrap();
+        let distinct: BTreeSet<&String> = sent.iter().collect();
+        assert_eq!((sent.len(), distinct.len()), (400, 400));
+    }
+
+    #[test]
+    fn pause_and_probe_rules() {
+        let now = now_ms();
+        #[derive(Clone, Copy, Debug)]
+        enum P {
+            None,
+            Active,
+            Over,
+        }
+        // links open, pause, probing, has_link, may_open -> Some(probe) or None (wait)
+        let cases = [
+            // Nothing open: the first sender probes, the others wait for its outcome.
+            (0, P::None, false, false, true, Some(true)),
+            (0, P::None, true, false, true, None),
+            // A connection works: others open theirs in parallel, unless told to hold off.
+            (1, P::None, false, false, true, Some(false)),
+            (1, P::None, true, false, true, Some(false)),
+            (1, P::None, false, false, false, None),
+            (1, P::None, false, true, false, Some(false)),
+            // A pause stops everyone, connected or not.
+            (0, P::Active, false, false, true, None),
+            (1, P::Active, false, true, true, None),
+            (2, P::Active, false, false, true, None),
+            // Pause over: one attempt decides, however many senders there are.
+            (0, P::Over, false, false, true, Some(true)),
+            (0, P::Over, true, false, true, None),
+            (1, P::Over, true, false, true, None),
+            (1, P::Over, false, false, true, Some(true)),
+        ];
+        for (i, (links, pause, probing, has_link, may_open, want)) in cases.into_iter().enumerate()
+        {
+            let mut w = work(3, true);
+            w.links = links;
+            w.probing = probing;
+            let until = match pause {
+                P::None => None,
+                P::Active => Some(now + 30_000),
+                P::Over => Some(now.saturating_sub(1)),
+            };
+            w.pause = until.map(|until| Pause {
+                until,
+                level: 1,
+                stage: Stage::Auth,
+                reason: "535".to_string(),
+            });
+            let got = w.claim(has_link, may_open, now);
+            assert_eq!(
+                got.as_ref().ok().map(|j| j.probe),
+                want,
+                "case {i}: {got:?}"
+            );
+            if let P::Active = pause {
+                assert_eq!(got.unwrap_err(), Duration::from_millis(30_000), "case {i}");
+            }
+            if want == Some(true) {
+                assert!(w.probing, "case {i}: a probe is under way");
+            }
+        }
+    }
+
+    #[test]
+    fn one_probe_after_a_pause_then_everyone() {
+        let now = now_ms();
+        let mut w = work(5, true);
+        w.pause = Some(Pause {
+            until: now + 1000,
+            level: 2,
+            stage: Stage::Connect,
+            reason: "refused".to_string(),
+        });
+        for _ in 0..3 {
+            assert!(w.claim(false, true, now).is_err(), "paused");
+        }
+        let later = now + 1000;
+        let probe = w.claim(false, true, later).unwrap();
+        assert!(probe.probe);
+        for _ in 0..3 {
+            assert!(w.claim(false, true, later).is_err(), "one probe only");
+        }
+        // The probe's connection opened (what run_job does): the pause ends, all may go.
+        w.probing = false;
+        w.links = 1;
+        w.pause = None;
+        let a = w.claim(false, true, later).unwrap();
+        let b = w.claim(false, true, later).unwrap();
+        assert!(!a.probe && !b.probe);
+        let ids: BTreeSet<String> = [probe.id, a.id, b.id].into_iter().collect();
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn hold_mode_and_stopping_hand_out_nothing() {
+        let mut w = work(2, false);
+        assert_eq!(w.claim(false, true, now_ms()).unwrap_err(), MAX_SLEEP);
+        let mut w2 = work(2, true);
+        w2.stopping = true;
+        assert!(w2.claim(true, true, now_ms()).is_err());
+        assert!(w.busy.is_empty() && w2.busy.is_empty());
     }
 
     #[test]

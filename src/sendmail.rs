@@ -17,7 +17,7 @@ use crate::delivery;
 use crate::message::{self, Defaults, Field, Header, LocalTrace, MAX_RECEIVED};
 use crate::queue_cmd;
 use crate::smtp::address::{parse_path, AddressError};
-use crate::spool::{Envelope, Incoming, RcptState, Recipient, Spool, SpoolError};
+use crate::spool::{Envelope, Incoming, Spool, SpoolError};
 use crate::sys;
 
 /// EX_USAGE (sysexits.h): bad option, bad recipient on the command line.
@@ -529,30 +529,12 @@ pub fn submit(
 
     let spool = open_spool(cfg)?;
     let env = Envelope {
-        id: String::new(),
-        sender: sender.clone(),
-        recipients: recipients
-            .iter()
-            .map(|r| Recipient {
-                addr: r.clone(),
-                orig: None,
-                state: RcptState::Pending,
-                reply: None,
-            })
-            .collect(),
-        client: "local".into(),
-        helo: "localhost".into(),
-        arrival: message::now(),
         auth_user: Some(user.clone()),
         // The spool writes the envelope before the body is read, so whether the body
         // is 8-bit is not known yet; local programs often send UTF-8 undeclared, and
         // BODY=8BITMIME on a 7-bit message is harmless (RFC 6152 §3).
         eight_bit: true,
-        smtputf8: false,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: None,
-        bounced: false,
+        ..Envelope::new(&sender, &recipients, "local", "localhost")
     };
     let incoming = spool.begin(&env).map_err(|e| spool_error(cfg, e))?;
     share_with_relay(spool.dir(), incoming.id());

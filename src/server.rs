@@ -16,7 +16,7 @@ use crate::session::{self, Action, Authenticator, DataOutcome, Policy, Session};
 use crate::smtp::command::{scan_line, LineScan, MAX_AUTH_LINE};
 use crate::smtp::data::DataReader;
 use crate::smtp::reply::{self, Reply};
-use crate::spool::{Envelope, RcptState, Recipient, Spool};
+use crate::spool::{Envelope, Spool};
 use crate::sys;
 use crate::tls::{ServerTls, Stream};
 
@@ -822,28 +822,15 @@ fn receive_data(
         return Ok(false);
     };
     let env = Envelope {
-        id: String::new(),
-        sender: txn.sender.clone(),
-        recipients: txn
-            .recipients
-            .iter()
-            .map(|r| Recipient {
-                addr: r.clone(),
-                orig: None,
-                state: RcptState::Pending,
-                reply: None,
-            })
-            .collect(),
-        client: peer.ip.to_string(),
-        helo: session.helo().to_string(),
-        arrival: message::now(),
         auth_user: session.user().map(str::to_string),
         eight_bit: session::declared_8bit(&txn.params),
         smtputf8: txn.params.smtputf8,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: None,
-        bounced: false,
+        ..Envelope::new(
+            &txn.sender,
+            &txn.recipients,
+            &peer.ip.to_string(),
+            session.helo(),
+        )
     };
     // Refuse before 354 when the spool cannot take the message: the client then
     // does not send data we would have to throw away.

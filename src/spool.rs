@@ -135,6 +135,39 @@ pub struct Envelope {
     pub bounced: bool,
 }
 
+impl Envelope {
+    /// Envelope::new is a message arriving now from `client`, every recipient
+    /// pending, never tried; callers set what else they know with `..`.
+    pub fn new(sender: &str, recipients: &[String], client: &str, helo: &str) -> Envelope {
+        Envelope {
+            id: String::new(),
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .map(|r| Recipient {
+                    addr: r.clone(),
+                    orig: None,
+                    state: RcptState::Pending,
+                    reply: None,
+                })
+                .collect(),
+            client: client.to_string(),
+            helo: helo.to_string(),
+            arrival: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            auth_user: None,
+            eight_bit: false,
+            smtputf8: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+            bounced: false,
+        }
+    }
+}
+
 /// Everything that can go wrong in the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpoolError {

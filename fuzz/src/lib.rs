@@ -11,6 +11,8 @@ pub mod base64;
 pub mod client;
 #[path = "../../src/config.rs"]
 pub mod config;
+#[path = "../../src/crypt.rs"]
+pub mod crypt;
 #[path = "../../src/session.rs"]
 pub mod session;
 #[path = "../../src/smtp/mod.rs"]
