@@ -557,7 +557,14 @@ impl Connection {
         self.wire.peer.clone()
     }
 
+    /// Connection::peer_fingerprint is the SHA-256 of the smarthost's certificate,
+    /// when encrypted (probe prints it, ready for `tls_fingerprint`).
+    pub fn peer_fingerprint(&self) -> Option<[u8; 32]> {
+        self.wire.stream.peer_fingerprint()
+    }
+
     /// Connection::extensions is what the smarthost offered in its last EHLO reply.
+    #[cfg(test)]
     pub fn extensions(&self) -> &Extensions {
         &self.ext
     }

@@ -10,6 +10,7 @@ use crate::delivery;
 use crate::message;
 use crate::rewrite;
 use crate::serve::load_config;
+use crate::tls;
 
 /// run probes the smarthost; exit 0 only when it would take mail (and, with `to`, took the
 /// test message for that recipient), 1 otherwise.
@@ -52,6 +53,10 @@ pub fn run(config: &Path, to: Option<&str>) -> u8 {
     };
     conn.set_transcript(Some(Box::new(|line: &str| println!("{line}"))));
     let peer = conn.peer();
+    if let (Some(tls), Some(fp)) = (conn.tls_info(), conn.peer_fingerprint()) {
+        // What a LAN relay with a self-signed certificate can be pinned to.
+        println!("probe: {tls}, certificate {}", tls::format_fingerprint(&fp));
+    }
     let code = match to {
         None => {
             println!("probe: ok: {peer} would take mail");

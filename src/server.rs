@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::crypt;
 use crate::message::{self, Trace, MAX_RECEIVED};
 use crate::session::{self, Action, Authenticator, DataOutcome, Policy, Session};
-use crate::smtp::command::{scan_line, LineScan, MAX_AUTH_LINE};
+use crate::smtp::command::{scan_line, skip_line, LineScan, MAX_AUTH_LINE};
 use crate::smtp::data::DataReader;
 use crate::smtp::reply::{self, Reply};
 use crate::spool::{Envelope, Spool};
@@ -447,11 +447,9 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
 /// The write cannot block for long: a fresh socket's send buffer is empty.
 fn refuse(mut tcp: TcpStream, r: &Reply, peer: SocketAddr, why: &str) {
     log::warn!("connection from {}: refused: {why}", peer.ip());
-    let mut out = Vec::new();
-    r.write_to(&mut out);
     let _ = tcp.set_nonblocking(false);
     let _ = tcp.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = tcp.write_all(&out);
+    let _ = tcp.write_all(&r.to_bytes());
     let _ = tcp.shutdown(Shutdown::Both);
 }
 
@@ -687,9 +685,9 @@ fn run_session(
     let mut skipping = 0usize; // octets skipped of an over-long line
     let result = loop {
         if skipping > 0 {
-            match conn.pending().iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    conn.pos += i + 1;
+            match skip_line(conn.pending()) {
+                Some(n) => {
+                    conn.pos += n;
                     skipping = 0;
                 }
                 None => {

@@ -146,7 +146,8 @@ impl<'a> Session<'a> {
         self.user.as_deref()
     }
 
-    /// Whether the connection is encrypted.
+    /// Whether the connection is encrypted (the fuzz target checks it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn is_tls(&self) -> bool {
         self.tls
     }
@@ -899,7 +900,9 @@ mod tests {
         assert_eq!(s.protocol(), "SMTP");
         s.line(b"EHLO c");
         assert_eq!(s.protocol(), "ESMTP");
+        assert!(!s.is_tls());
         s.tls_started();
+        assert!(s.is_tls());
         s.line(b"EHLO c");
         assert_eq!(s.protocol(), "ESMTPS");
         s.line(format!("AUTH PLAIN {}", plain_b64("\0alice\0pa:ss wörd")).as_bytes());

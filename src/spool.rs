@@ -563,6 +563,8 @@ struct SyncState {
     synced: u64,
     /// An fsync is under way.
     running: bool,
+    /// The directory, opened once: an fsync needs no open/close around it.
+    handle: Option<File>,
 }
 
 impl fmt::Debug for DirSync {
@@ -572,6 +574,22 @@ impl fmt::Debug for DirSync {
 }
 
 impl DirSync {
+    /// fsync syncs the directory through `handle` (opened when missing) and
+    /// returns the handle to keep; after a failure it is dropped and reopened next time.
+    fn fsync(&self, handle: Option<File>) -> (Result<(), SpoolError>, Option<File>) {
+        let dir = match handle {
+            Some(d) => d,
+            None => match File::open(&self.dir) {
+                Ok(d) => d,
+                Err(e) => return (Err(io_err(&e, "cannot fsync directory", &self.dir)), None),
+            },
+        };
+        match dir.sync_all() {
+            Ok(()) => (Ok(()), Some(dir)),
+            Err(e) => (Err(io_err(&e, "cannot fsync directory", &self.dir)), None),
+        }
+    }
+
     /// DirSync::new syncs `dir`.
     pub fn new(dir: &Path) -> DirSync {
         DirSync {
@@ -595,10 +613,12 @@ impl DirSync {
             if !st.running {
                 st.running = true;
                 let covers = st.requested;
+                let handle = st.handle.take();
                 drop(st);
-                let result = sync_dir(&self.dir);
+                let (result, handle) = self.fsync(handle);
                 st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 st.running = false;
+                st.handle = handle;
                 if result.is_ok() {
                     st.synced = st.synced.max(covers);
                 }

@@ -161,15 +161,6 @@ pub fn pid_alive(pid: i32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// send_signal sends `sig` to process `pid`.
-pub fn send_signal(pid: i32, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// fd_of is a small helper so callers need not import AsRawFd.
 pub fn fd_of<T: AsRawFd>(t: &T) -> RawFd {
     t.as_raw_fd()

@@ -223,6 +223,7 @@ impl DataReader {
     }
 
     /// True when any byte >= 0x80 was seen.
+    #[cfg(test)]
     pub fn eight_bit(&self) -> bool {
         self.eight_bit
     }

@@ -88,11 +88,6 @@ impl Reply {
         }
     }
 
-    /// True for 2xx and 3xx replies.
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-
     /// The serialised reply as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -214,11 +209,6 @@ pub fn not_implemented() -> Reply {
     Reply::new(502, "5.5.1", "Command not implemented")
 }
 
-/// 503 5.5.1 command out of sequence (generic).
-pub fn bad_sequence() -> Reply {
-    Reply::new(503, "5.5.1", "Bad sequence of commands")
-}
-
 /// 503 5.5.1 MAIL/RCPT/DATA/AUTH before HELO/EHLO.
 pub fn need_helo() -> Reply {
     Reply::new(503, "5.5.1", "Send EHLO or HELO first")
@@ -277,19 +267,9 @@ pub fn utf8_not_permitted() -> Reply {
     )
 }
 
-/// 550 5.1.1 recipient refused: mailbox unavailable (RFC 3463 X.1.1).
-pub fn mailbox_unavailable(text: impl Into<String>) -> Reply {
-    Reply::new(550, "5.1.1", text)
-}
-
 /// 452 4.3.1 spool full (RFC 3463 X.3.1 mail system full).
 pub fn storage_error() -> Reply {
     Reply::new(452, "4.3.1", "Insufficient system storage")
-}
-
-/// 451 4.3.0 local error (spool I/O failure): the client retries later.
-pub fn local_error() -> Reply {
-    Reply::new(451, "4.3.0", "Local error in processing, try again later")
 }
 
 /// 554 5.4.6 too many Received headers: a mail loop (RFC 5321 6.3, RFC 3463 X.4.6).
@@ -342,11 +322,6 @@ pub fn timeout() -> Reply {
 /// 421 4.7.0 too many bad commands, closing.
 pub fn too_many_errors() -> Reply {
     Reply::new(421, "4.7.0", "Too many errors, closing connection")
-}
-
-/// 454 4.7.0 TLS cannot be started (no certificate configured, or handshake setup failed; RFC 3207 4).
-pub fn tls_not_available() -> Reply {
-    Reply::new(454, "4.7.0", "TLS not available")
 }
 
 /// 530 5.7.0 STARTTLS required before this command (RFC 3207 4).
@@ -411,11 +386,6 @@ pub fn auth_not_allowed_now() -> Reply {
 /// 502 5.5.1 AUTH when authentication is switched off.
 pub fn auth_not_available() -> Reply {
     Reply::new(502, "5.5.1", "AUTH not available")
-}
-
-/// 454 4.7.0 temporary authentication failure (RFC 4954 6).
-pub fn auth_temporary_failure() -> Reply {
-    Reply::new(454, "4.7.0", "Temporary authentication failure")
 }
 
 // ---- Client side: reading the smarthost's replies. ----
@@ -534,7 +504,6 @@ mod tests {
             (ok("x"), 250, "2.0.0"),
             (sender_ok(), 250, "2.1.0"),
             (recipient_ok(), 250, "2.1.5"),
-            (bad_sequence(), 503, "5.5.1"),
             (need_mail(), 503, "5.5.1"),
             (need_rcpt(), 503, "5.5.1"),
             (need_helo(), 503, "5.5.1"),
@@ -548,7 +517,6 @@ mod tests {
             (too_many_recipients(), 452, "4.5.3"),
             (relay_denied(), 550, "5.7.1"),
             (storage_error(), 452, "4.3.1"),
-            (local_error(), 451, "4.3.0"),
             (closing("h"), 221, "2.0.0"),
             (service_unavailable("x"), 421, "4.3.2"),
             (timeout(), 421, "4.4.2"),
@@ -564,7 +532,6 @@ mod tests {
             (utf8_not_permitted(), 553, "5.6.7"),
             (http_refused(), 554, "5.7.0"),
             (ready_to_start_tls(), 220, "2.0.0"),
-            (tls_not_available(), 454, "4.7.0"),
             (tls_required(), 530, "5.7.0"),
             (tls_already_active(), 503, "5.5.1"),
             (auth_challenge("x"), 334, ""),
@@ -577,13 +544,11 @@ mod tests {
             (auth_mechanism_unsupported(), 504, "5.5.4"),
             (auth_not_allowed_now(), 503, "5.5.1"),
             (auth_not_available(), 502, "5.5.1"),
-            (auth_temporary_failure(), 454, "4.7.0"),
             (greeting("h"), 220, ""),
             (helo("h"), 250, ""),
         ];
         for (r, code, status) in cases {
             assert_eq!((r.code, r.status), (code, status), "{r:?}");
-            assert_eq!(r.is_positive(), code < 400, "{r:?}");
         }
     }
 
