@@ -371,7 +371,9 @@ fn run(o: &Opts) -> Result<(), String> {
                 max_time: b.accept_time,
                 hold: true,
             };
-            let relay = Relay::start(o, None, "")?;
+            // Every client gets a worker, as every client gets an smtpd from Postfix
+            // (its process limit is 100): the load cases measure throughput, not refusals.
+            let relay = Relay::start(o, None, LOAD_WORKERS)?;
             let r = spec.run(relay.addr, &format!("a{run}-{clients}-{size}-{reuse}"));
             relay.stop();
             report_accept(&mut res, Who::Us, &name, &r, clients > 1 || reuse);
@@ -401,7 +403,7 @@ fn run(o: &Opts) -> Result<(), String> {
                 max_time: b.e2e_time,
                 hold: false,
             };
-            let relay = Relay::start(o, Some(sink.addr), "")?;
+            let relay = Relay::start(o, Some(sink.addr), LOAD_WORKERS)?;
             let tag = format!("e{run}-{clients}");
             let r = spec.run(relay.addr, &tag);
             let d = sink.wait(&tag, &r, b.e2e_wait);
@@ -654,6 +656,9 @@ fn fsync_baseline(base: &Path) -> Result<(Duration, Duration), String> {
 // ---------------------------------------------------------------------------
 // The relay under test.
 
+/// Workers for the load cases: more than the 20 clients of the largest case.
+const LOAD_WORKERS: &str = "workers = 24";
+
 /// A running picorelay with its own temporary directory (config, spool, log).
 struct Relay {
     child: Option<Child>,
@@ -680,8 +685,14 @@ impl Relay {
             Some(s) => format!("host = {s}\ntls = none\n"),
             None => String::new(),
         };
+        // workers = 16 (the default) unless the case sets its own.
+        let workers = if extra.contains("workers") {
+            ""
+        } else {
+            "workers = 16\n"
+        };
         let cfg = format!(
-            "[server]\nlisten = {addr}\nhostname = bench.test\nworkers = 16\n\
+            "[server]\nlisten = {addr}\nhostname = bench.test\n{workers}\
              max_message_size = 20M\n{extra}\n\
              [smarthost]\n{smarthost}\n\
              [queue]\ndir = {}\nmax_size = 50G\n\n\
