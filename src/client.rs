@@ -298,6 +298,37 @@ impl Wire {
         self.start < self.end
     }
 
+    /// Wire::idle_check says, without a round trip, whether the session still looks usable
+    /// between transactions: the smarthost has sent nothing (a 421 or a TLS close) and has not
+    /// closed the connection. A non-blocking read; TLS records without application data (TLS
+    /// 1.3 session tickets) are consumed by rustls and do not count.
+    fn idle_check(&mut self) -> Result<(), WireError> {
+        if self.pending() {
+            return Err(WireError::Invalid("unsolicited data between transactions"));
+        }
+        // Nothing unread: the whole buffer is free.
+        self.start = 0;
+        self.end = 0;
+        self.stream.tcp().set_nonblocking(true)?;
+        let got = loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        self.stream.tcp().set_nonblocking(false)?;
+        match got {
+            Ok(0) => Err(WireError::Closed),
+            Ok(n) => {
+                // Kept for the transcript of whoever reads next; the session is not used again.
+                self.end += n;
+                Err(WireError::Invalid("unsolicited data between transactions"))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sends command lines in one write (several = an RFC 2920 pipelined group); `shown` is what
     /// the transcript gets for each (AUTH payloads masked).
     fn send(&mut self, lines: &[(&str, &str)], tr: Transcript<'_>) -> Result<(), WireError> {
@@ -454,6 +485,11 @@ pub struct Connection {
     data_timeout: Duration,
     /// Set when the session is out of step (I/O error, half-sent message): no more commands.
     broken: bool,
+    /// Set when a transaction may still be open on the smarthost (MAIL sent, and the
+    /// transaction not ended by a 250 to the final dot or by RSET): RSET must precede the next
+    /// MAIL. RFC 5321 4.1.1.4: a completed transaction clears the server's buffers, so after a
+    /// clean 250 the next MAIL goes without RSET.
+    needs_rset: bool,
     transcript: Option<TranscriptSink>,
 }
 
@@ -526,7 +562,12 @@ impl Connection {
         result
     }
 
-    /// Connection::reset sends RSET (RFC 5321 4.1.1.5) so the next message starts clean.
+    /// Connection::reset makes sure the next message starts clean, and finds a connection the
+    /// smarthost has dropped while idle. After a completed transaction it costs no round trip
+    /// (a non-blocking look at the socket). After an aborted one RSET (RFC 5321 4.1.1.5) is
+    /// needed: without PIPELINING it is sent now; with PIPELINING it goes in the same write as
+    /// the next MAIL/RCPT/DATA group (RFC 2920 3.1) and its reply is read first. Err means the
+    /// connection must not be used again.
     pub fn reset(&mut self) -> Result<(), ClientError> {
         let mut sink = self.transcript.take();
         let mut quiet = |_: &str| {};
@@ -534,7 +575,7 @@ impl Connection {
             Some(t) => t.as_mut(),
             None => &mut quiet,
         };
-        let result = self.rset(tr);
+        let result = self.prepare(tr);
         self.transcript = sink;
         result
     }
@@ -604,22 +645,34 @@ impl Connection {
         }
     }
 
-    fn rset(&mut self, tr: Transcript<'_>) -> Result<(), ClientError> {
+    fn prepare(&mut self, tr: Transcript<'_>) -> Result<(), ClientError> {
         if self.broken {
             return Err(self.unusable());
         }
-        self.write(&[("RSET", "RSET")], tr)?;
-        let r = self.read(self.command_timeout, "RSET", tr)?;
+        if let Err(e) = self.wire.idle_check() {
+            return Err(self.lost("connection check between messages", e));
+        }
+        if self.needs_rset && !self.ext.pipelining {
+            self.write(&[("RSET", "RSET")], tr)?;
+            self.rset_reply(tr)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the reply to an RSET already sent. Anything but 250 leaves the session in an
+    /// unknown state: it is not used again. The error is transient either way: it is about the
+    /// connection, not the message.
+    fn rset_reply(&mut self, tr: Transcript<'_>) -> Result<(), ClientError> {
+        let r = self.read(self.command_timeout, "reading the reply to RSET", tr)?;
         if r.code != 250 {
-            // Out of step or in trouble: do not use this session for another message.
             self.broken = true;
-            return Err(reply_error(
+            return Err(ClientError::new(
                 Stage::Send,
-                &self.wire.peer,
-                "RSET refused",
-                &r,
+                false,
+                format!("{}: RSET refused: {}", self.wire.peer, r.text()),
             ));
         }
+        self.needs_rset = false;
         Ok(())
     }
 
@@ -721,14 +774,32 @@ impl Connection {
         }
 
         let pipelining = self.ext.pipelining;
+        // The last transaction was aborted: RSET first (RFC 5321 4.1.1.5).
+        let rset = self.needs_rset;
+        // From here until a 250 to the final dot, a transaction may be open on the smarthost.
+        self.needs_rset = true;
         if pipelining {
-            // RFC 2920 3.1: MAIL, every RCPT and DATA go as one group, DATA last; replies are
-            // read in order below.
-            let mut group: Vec<(&str, &str)> = vec![(&mail, &mail)];
+            // RFC 2920 3.1: RSET (when needed), MAIL, every RCPT and DATA go as one group,
+            // DATA last; replies are read in order below.
+            let mut group: Vec<(&str, &str)> = Vec::with_capacity(rcpt_lines.len() + 3);
+            if rset {
+                group.push(("RSET", "RSET"));
+            }
+            group.push((&mail, &mail));
             group.extend(rcpt_lines.iter().map(|(_, l)| (l.as_str(), l.as_str())));
             group.push(("DATA", "DATA"));
             self.write(&group, tr)?;
+            if rset {
+                // The rest of the group is unread when this fails: the session is broken.
+                self.rset_reply(tr)?;
+                self.needs_rset = true;
+            }
         } else {
+            if rset {
+                self.write(&[("RSET", "RSET")], tr)?;
+                self.rset_reply(tr)?;
+                self.needs_rset = true;
+            }
             self.write(&[(&mail, &mail)], tr)?;
         }
         // RFC 5321 4.5.3.2.2: MAIL, 5 minutes.
@@ -788,10 +859,8 @@ impl Connection {
             None
         };
         if accepted == 0 {
-            // Nothing to deliver: close the transaction, report each refusal.
-            if let Err(e) = self.rset(tr) {
-                log::debug!("smarthost {peer}: {e}");
-            }
+            // Nothing to deliver: report each refusal. The transaction stays open
+            // (needs_rset): RSET goes before the next MAIL, pipelined with it when it can.
             return Ok(outcomes.into_iter().flatten().collect());
         }
         let data_reply = match data_reply {
@@ -821,7 +890,13 @@ impl Connection {
         // RFC 5321 4.5.3.2.6: the reply to the final dot, 10 minutes.
         let dot = self.read(self.data_timeout, "reading the reply to the final dot", tr)?;
         let final_outcome = match dot.code {
-            250 => RcptOutcome::Accepted,
+            250 => {
+                // RFC 5321 4.1.1.4: the transaction is complete and the server ready for MAIL.
+                // After a 4xx/5xx here needs_rset stays set: a refused message may leave a
+                // server in any state, and the RSET costs no round trip when pipelined.
+                self.needs_rset = false;
+                RcptOutcome::Accepted
+            }
             400..=499 => RcptOutcome::Transient(dot.text()),
             500..=599 => RcptOutcome::Permanent(dot.text()),
             _ => {
@@ -993,6 +1068,7 @@ fn open_host(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         broken: false,
+        needs_rset: false,
         transcript: None,
     })
 }
@@ -1357,8 +1433,7 @@ mod tests {
             S("250 2.1.0 ok\n250 2.1.5 ok\n250 2.1.5 ok\n354 go"),
             Data,
             S("250 2.0.0 queued"),
-            C("RSET"),
-            S("250 2.0.0 ok"),
+            // No RSET after a completed transaction (RFC 5321 4.1.1.4).
             C("QUIT"),
             S("221 bye"),
         ]);
@@ -1495,7 +1570,6 @@ mod tests {
                     S("550 5.1.1 unknown"),
                 ]);
             }
-            script.extend([C("RSET"), S("250 ok")]);
             let srv = serve(script);
             let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
             let out = send(&mut c, &["a@y.test"]).unwrap();
@@ -1506,11 +1580,266 @@ mod tests {
             drop(c);
             let log = srv.log();
             assert!(!has(&log, "BODY:") && !has(&log, "UNEXPECTED"), "{log:?}");
+            // The RSET waits for the next message (see rset_only_after_an_aborted_transaction).
+            assert!(!has(&log, "RSET"), "{log:?}");
             assert_eq!(
                 log.iter().filter(|l| l.starts_with("DATA")).count(),
                 usize::from(pipelining)
             );
         }
+    }
+
+    /// Replies for one whole transaction (MAIL, one RCPT, DATA, message, dot), pipelined or not.
+    fn transaction(script: &mut Vec<Step>, pipelining: bool, dot: &'static str) {
+        if pipelining {
+            script.extend([C("MAIL"), C("RCPT"), C("DATA"), S("250 ok\n250 ok\n354 go")]);
+        } else {
+            script.extend([C("MAIL"), S("250 ok"), C("RCPT"), S("250 ok")]);
+            script.extend([C("DATA"), S("354 go")]);
+        }
+        script.extend([Data, S(dot)]);
+    }
+
+    #[test]
+    fn no_rset_after_a_completed_transaction() {
+        // RFC 5321 4.1.1.4: after a 250 to the final dot the server is ready for MAIL.
+        for pipelining in [false, true] {
+            let ehlo = if pipelining {
+                "250-s\n250 PIPELINING"
+            } else {
+                "250 s"
+            };
+            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            transaction(&mut script, pipelining, "250 queued 1");
+            transaction(&mut script, pipelining, "250 queued 2");
+            script.extend([C("QUIT"), S("221 bye")]);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            for _ in 0..2 {
+                c.reset().unwrap();
+                let out = send(&mut c, &["a@y.test"]).unwrap();
+                assert_eq!(out, vec![RcptOutcome::Accepted]);
+            }
+            c.reset().unwrap();
+            c.quit();
+            let log = srv.log();
+            assert!(!has(&log, "UNEXPECTED") && !has(&log, "EOF"), "{log:?}");
+            assert!(!has(&log, "RSET") && has(&log, "QUIT"), "{log:?}");
+            assert_eq!(log.iter().filter(|l| l.starts_with("BODY:")).count(), 2);
+        }
+    }
+
+    #[test]
+    fn rset_only_after_an_aborted_transaction() {
+        // (name, first transaction's script after EHLO, pipelining, first send succeeds)
+        let cases: Vec<(&str, Vec<Step>, bool, bool)> = vec![
+            (
+                "all recipients refused",
+                vec![
+                    C("MAIL"),
+                    C("RCPT"),
+                    C("DATA"),
+                    S("250 ok\n550 no\n554 no rcpt"),
+                ],
+                true,
+                true,
+            ),
+            (
+                "MAIL refused",
+                vec![
+                    C("MAIL"),
+                    C("RCPT"),
+                    C("DATA"),
+                    S("451 later\n503 no\n503 no"),
+                ],
+                true,
+                false,
+            ),
+            (
+                "4xx after the dot",
+                vec![
+                    C("MAIL"),
+                    C("RCPT"),
+                    C("DATA"),
+                    S("250 ok\n250 ok\n354 go"),
+                    Data,
+                    S("451 4.3.0 later"),
+                ],
+                true,
+                true,
+            ),
+            (
+                "all recipients refused",
+                vec![C("MAIL"), S("250 ok"), C("RCPT"), S("550 no")],
+                false,
+                true,
+            ),
+            (
+                "MAIL refused",
+                vec![C("MAIL"), S("451 later")],
+                false,
+                false,
+            ),
+            (
+                "DATA refused",
+                vec![
+                    C("MAIL"),
+                    S("250 ok"),
+                    C("RCPT"),
+                    S("250 ok"),
+                    C("DATA"),
+                    S("451 later"),
+                ],
+                false,
+                false,
+            ),
+        ];
+        for (name, first, pipelining, first_ok) in cases {
+            let ehlo = if pipelining {
+                "250-s\n250 PIPELINING"
+            } else {
+                "250 s"
+            };
+            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            script.extend(first);
+            if pipelining {
+                // The server answers only once RSET and the whole group arrived: an unpipelined
+                // RSET would wait for its reply until the test times out.
+                script.extend([C("RSET"), C("MAIL"), C("RCPT"), C("DATA")]);
+                script.extend([
+                    S("250 reset\n250 ok\n250 ok\n354 go"),
+                    Data,
+                    S("250 queued"),
+                ]);
+            } else {
+                script.extend([C("RSET"), S("250 reset")]);
+                transaction(&mut script, false, "250 queued");
+            }
+            // A completed transaction: no second RSET.
+            transaction(&mut script, pipelining, "250 queued");
+            script.extend([C("QUIT"), S("221 bye")]);
+            let srv = serve(script);
+            let (lines, sink) = recorder();
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            c.set_transcript(Some(sink));
+            assert_eq!(send(&mut c, &["a@y.test"]).is_ok(), first_ok, "{name}");
+            for _ in 0..2 {
+                c.reset().unwrap();
+                let out = send(&mut c, &["a@y.test"]).unwrap();
+                assert_eq!(out, vec![RcptOutcome::Accepted], "{name}");
+            }
+            c.quit();
+            let log = srv.log();
+            assert!(
+                !has(&log, "UNEXPECTED") && !has(&log, "EOF"),
+                "{name} pipelining={pipelining}: {log:?}"
+            );
+            assert_eq!(
+                log.iter().filter(|l| *l == "RSET").count(),
+                1,
+                "{name}: {log:?}"
+            );
+            // One write with PIPELINING, RSET's reply read first; alone without.
+            let want = if pipelining {
+                "C: RSET\nC: MAIL FROM:<s@x.test>\nC: RCPT TO:<a@y.test>\nC: DATA\nS: 250 reset\nS: 250 ok"
+            } else {
+                "C: RSET\nS: 250 reset\nC: MAIL FROM:<s@x.test>"
+            };
+            let t = lines.lock().unwrap().join("\n");
+            assert!(t.contains(want), "{name}: {t}");
+        }
+    }
+
+    #[test]
+    fn refused_rset_makes_the_connection_unusable() {
+        for pipelining in [false, true] {
+            let ehlo = if pipelining {
+                "250-s\n250 PIPELINING"
+            } else {
+                "250 s"
+            };
+            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            if pipelining {
+                script.extend([C("MAIL"), C("RCPT"), C("DATA"), S("250 ok\n550 no\n554 no")]);
+                script.extend([C("RSET"), C("MAIL"), C("RCPT"), C("DATA")]);
+                script.push(S("502 5.5.1 no RSET here\n250 ok\n250 ok\n354 go"));
+            } else {
+                script.extend([C("MAIL"), S("250 ok"), C("RCPT"), S("550 no")]);
+                script.extend([C("RSET"), S("502 5.5.1 no RSET here")]);
+            }
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            send(&mut c, &["a@y.test"]).unwrap();
+            let e = if pipelining {
+                c.reset().unwrap();
+                send(&mut c, &["a@y.test"]).unwrap_err()
+            } else {
+                c.reset().unwrap_err()
+            };
+            // About the connection, not the message: never a bounce.
+            assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{e}");
+            assert!(e.message.contains("RSET refused: 502"), "{e}");
+            assert!(c.reset().is_err());
+            assert!(send(&mut c, &["a@y.test"]).is_err());
+            c.quit();
+            let log = srv.log();
+            assert!(!has(&log, "UNEXPECTED") && !has(&log, "BODY:"), "{log:?}");
+            // Nothing after the refused RSET (not even QUIT): the session's state is unknown.
+            assert!(!log.iter().any(|l| l.starts_with("AFTER")), "{log:?}");
+        }
+    }
+
+    #[test]
+    fn idle_connection_dropped_by_the_smarthost_is_found_without_a_round_trip() {
+        let closing: Vec<(&str, Step)> =
+            vec![("closed", Close), ("421", S("421 4.4.2 idle too long"))];
+        for (name, last) in closing {
+            let mut script = vec![GREET, C("EHLO"), S("250-s\n250 PIPELINING")];
+            transaction(&mut script, true, "250 queued");
+            script.push(last);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            send(&mut c, &["a@y.test"]).unwrap();
+            // Let the close or the 421 arrive.
+            std::thread::sleep(Duration::from_millis(200));
+            let e = c.reset().unwrap_err();
+            assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{name}: {e}");
+            assert!(send(&mut c, &["a@y.test"]).is_err());
+            drop(c);
+            let log = srv.log();
+            assert!(
+                !log.iter().any(|l| l.starts_with("AFTER")),
+                "{name}: {log:?}"
+            );
+        }
+        // A live idle connection passes the check, over TLS too (TLS 1.3 session tickets are
+        // not application data).
+        let mut script = vec![GREET, C("EHLO"), S("250-s\n250-STARTTLS\n250 PIPELINING")];
+        script.extend([
+            C("STARTTLS"),
+            S("220 go"),
+            Tls,
+            C("EHLO"),
+            S("250-s\n250 PIPELINING"),
+        ]);
+        transaction(&mut script, true, "250 queued");
+        transaction(&mut script, true, "250 queued");
+        script.extend([C("QUIT"), S("221 bye")]);
+        let srv = serve(script);
+        let mut s = settings(&[srv.port], TlsMode::StartTls);
+        s.hosts = vec![("localhost".to_string(), srv.port)];
+        let mut c = Connection::open(&s, None).unwrap();
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(100));
+            c.reset().unwrap();
+            assert_eq!(
+                send(&mut c, &["a@y.test"]).unwrap(),
+                vec![RcptOutcome::Accepted]
+            );
+        }
+        c.quit();
+        let log = srv.log();
+        assert!(!has(&log, "UNEXPECTED") && !has(&log, "RSET"), "{log:?}");
     }
 
     #[test]

@@ -5,12 +5,12 @@
 //! SENDERS sender threads and one scan thread share one `Work` behind a Mutex + Condvar. Each
 //! sender owns its own smarthost connection: it claims the most overdue message nobody else
 //! holds (a message is in the hands of one sender at a time), sends it, writes the outcome back
-//! to the spool, and keeps going over the same connection while messages are due (RSET between,
-//! QUIT after a short idle), so a backlog costs one login per connection. Delivery waits on the
-//! smarthost's replies and on fsyncs far more than on the CPU, so a few connections in parallel
-//! multiply the rate. Whether the smarthost works at all is decided by one sender: the first
-//! connection while none is open, and the one attempt after a pause, are made alone while the
-//! others wait (see `Work::claim`). The scan thread lists queue/ every second for messages
+//! to the spool, and keeps going over the same connection while messages are due (no RSET after
+//! a completed transaction, QUIT after a short idle), so a backlog costs one login per
+//! connection. Delivery waits on the smarthost's replies and on fsyncs far more than on the CPU,
+//! so a few connections in parallel multiply the rate. Whether the smarthost works at all is
+//! decided by one sender: the first connection while none is open, and the one attempt after a
+//! pause, are made alone while the others wait (see `Work::claim`). The scan thread lists queue/ every second for messages
 //! committed by other processes (`picorelay sendmail`) or deleted by `queue delete`, and reacts
 //! to the `flush` trigger file. `Runner::notify` (called by the server right after a commit)
 //! wakes a sender at once: no poll interval in the way.
@@ -896,7 +896,9 @@ impl Shared {
     /// (an extra connection failed while others work): it is still due.
     fn run_job(&self, s: &mut Sender, job: &Job) -> bool {
         if let Some(l) = s.link.as_mut() {
-            // RSET between messages; it also finds a connection the smarthost has dropped.
+            // Between messages: finds a connection the smarthost has dropped while idle, and
+            // sends RSET only after an aborted transaction (pipelined with the next MAIL when
+            // the smarthost offers PIPELINING); after a clean 250 no round trip at all.
             if let Err(e) = l.conn.reset() {
                 log::debug!("delivery {}: reconnecting: {e}", s.n);
                 self.close_link(s);

@@ -374,6 +374,7 @@ impl Server {
 
     /// expire_waiting answers 421 to connections that waited too long for a worker.
     pub fn expire_waiting(&self) {
+        refusal_log_tick();
         let mut expired = Vec::new();
         {
             let mut q = lock(&self.pool.queue);
@@ -443,10 +444,36 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
     }
 }
 
+/// At most this many refusal lines are logged per second; a flood of
+/// connections must not become a flood of log lines (or of flash writes).
+const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
+
+/// The second refusals are being counted in, and how many there were.
+static REFUSAL_SECOND: AtomicU64 = AtomicU64::new(0);
+static REFUSAL_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// refusal_log_tick starts a new second of refusal counting when the clock has
+/// moved on, logging how many refusals were not logged one by one. Called for
+/// each refusal and from the accept loop, so the sum appears within a second.
+fn refusal_log_tick() {
+    let now = message::now();
+    if REFUSAL_SECOND.swap(now, Ordering::Relaxed) != now {
+        let missed = REFUSAL_COUNT
+            .swap(0, Ordering::Relaxed)
+            .saturating_sub(REFUSALS_LOGGED_PER_SECOND);
+        if missed > 0 {
+            log::warn!("{missed} more connection(s) refused, not logged one by one");
+        }
+    }
+}
+
 /// refuse sends one reply to a connection we will not serve and closes it.
 /// The write cannot block for long: a fresh socket's send buffer is empty.
 fn refuse(mut tcp: TcpStream, r: &Reply, peer: SocketAddr, why: &str) {
-    log::warn!("connection from {}: refused: {why}", peer.ip());
+    refusal_log_tick();
+    if REFUSAL_COUNT.fetch_add(1, Ordering::Relaxed) < REFUSALS_LOGGED_PER_SECOND {
+        log::warn!("connection from {}: refused: {why}", peer.ip());
+    }
     let _ = tcp.set_nonblocking(false);
     let _ = tcp.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = tcp.write_all(&r.to_bytes());

@@ -177,6 +177,19 @@ fn burst_of_1000_connects_each_get_a_banner_or_421() {
     eprintln!("relay VmRSS {rss} KiB");
     assert!(rss < RSS_LIMIT_KIB, "relay VmRSS {rss} KiB");
     assert_serves(&relay);
+    // A flood of refusals is not a flood of log lines: at most 10 a second are
+    // written one by one, the rest summed up once the second is over.
+    if busy > 100 {
+        let refused_lines = relay.log_text().matches(": refused: ").count();
+        assert!(
+            refused_lines < busy / 2,
+            "{refused_lines} refusal lines for {busy} refusals"
+        );
+        let mut c = relay.connect();
+        c.greet();
+        c.expect("QUIT", "221");
+        relay.wait_log("not logged one by one");
+    }
 }
 
 /// ten_mb sends 10 MiB of 'A' (no line end) from another thread, ignoring write errors (the
