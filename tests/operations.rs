@@ -18,44 +18,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
 
-/// spawn_with starts the relay of `r` through `cmd` (a wrapper, extra environment)
-/// and, like Relay::spawn, waits for the listening line.
-fn spawn_with(r: &mut Relay, mut cmd: Command) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start picorelay");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::clone(&r.log);
-    log.lock().unwrap().clear();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            log.lock().unwrap().push(line);
-        }
-    });
-    r.child = Some(child);
-    wait_for("the relay to listen", || {
-        if let Some(st) = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!("relay exited at start ({st}): {}", r.log_text());
-        }
-        !listen_addrs(r).is_empty()
-    });
-    r.addrs = listen_addrs(r);
-}
-
-fn listen_addrs(r: &Relay) -> Vec<std::net::SocketAddr> {
-    r.log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l.split("listening on ").nth(1))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect()
-}
-
 /// prepare writes the config of a relay without starting it.
 fn prepare(extra: &str) -> Relay {
     let dir = TempDir::new("ops");
@@ -434,7 +396,7 @@ fn status_running_json_and_not_running() {
     );
 
     let cmd = serve_cmd(&relay);
-    spawn_with(&mut relay, cmd);
+    relay.spawn_with(cmd);
     let pid = relay.pid();
     // READY comes after the first status write: the status answers at once.
     let j = wait_status(&relay, "running", |_| true);
@@ -773,8 +735,8 @@ fn systemd_notify_ready_reloading_stopping() {
     assert_eq!(ready, "READY=1");
     // The listening line was logged before READY=1: read the port, then the
     // port must answer at once.
-    wait_for("the listening line", || !listen_addrs(&relay).is_empty());
-    let mut c = Client::connect(listen_addrs(&relay)[0]);
+    wait_for("the listening line", || !relay.listen_lines().is_empty());
+    let mut c = Client::connect(relay.listen_lines()[0]);
     let banner = c.reply();
     assert!(banner.starts_with("220 "), "{banner}");
     c.expect("QUIT", "221");
@@ -809,7 +771,7 @@ fn root_drops_to_the_configured_user() {
     // The temp folder must be traversable by nobody.
     std::fs::set_permissions(relay.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cmd = serve_cmd(&relay);
-    spawn_with(&mut relay, cmd);
+    relay.spawn_with(cmd);
     let (uids, gids, groups) = proc_ids(relay.pid());
     assert_eq!(uids, vec![uid; 4], "real, effective, saved, fs uid");
     assert_eq!(gids, vec![gid; 4], "real, effective, saved, fs gid");
@@ -883,7 +845,7 @@ fn spool_modes_hold_under_a_wide_umask() {
         .arg("umask 000 && exec \"$0\" -c \"$1\" serve")
         .arg(bin())
         .arg(&relay.config);
-    spawn_with(&mut relay, cmd);
+    relay.spawn_with(cmd);
     let id = submit(&relay);
     let spool = relay.spool();
     wait_for("the status socket", || spool.join("status.sock").exists());

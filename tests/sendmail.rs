@@ -90,17 +90,7 @@ fn picorelay(config: &Path, args: &[&str]) -> Output {
 }
 
 fn ids(config: &Path) -> Vec<String> {
-    let out = picorelay(config, &["queue", "list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("queue is empty"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
+    queue_ids_of(config)
 }
 
 /// show returns `queue show ID` as (envelope, message).

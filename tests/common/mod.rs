@@ -141,10 +141,16 @@ impl Relay {
 
     /// spawn starts the binary and waits until every listener is logged.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(bin())
-            .arg("-c")
-            .arg(&self.config)
-            .arg("serve")
+        let mut cmd = Command::new(bin());
+        cmd.arg("-c").arg(&self.config).arg("serve");
+        self.spawn_with(cmd);
+    }
+
+    /// spawn_with starts the relay through `cmd` (the binary itself, or a wrapper
+    /// with another umask or environment), captures its log and waits until every
+    /// listener is logged.
+    pub fn spawn_with(&mut self, mut cmd: Command) {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -197,7 +203,8 @@ impl Relay {
         count("listen ").max(count("listen=")) + count("listen_tls")
     }
 
-    fn listen_lines(&self) -> Vec<SocketAddr> {
+    /// listen_lines are the addresses the relay logged as listening on.
+    pub fn listen_lines(&self) -> Vec<SocketAddr> {
         self.log
             .lock()
             .unwrap()
@@ -270,17 +277,7 @@ impl Relay {
 
     /// queue_ids lists the ids `queue list` prints.
     pub fn queue_ids(&self) -> Vec<String> {
-        let out = self.cmd(&["queue", "list"]);
-        assert!(
-            out.status.success(),
-            "queue list failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with("queue is empty"))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+        queue_ids_of(&self.config)
     }
 
     pub fn connect(&self) -> Client {
@@ -389,6 +386,26 @@ impl Client {
             }
         }
     }
+}
+
+/// queue_ids_of lists the ids `picorelay -c config queue list` prints.
+pub fn queue_ids_of(config: &Path) -> Vec<String> {
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .args(["queue", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "queue list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("queue is empty"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// queued_id extracts the id from "250 2.0.0 Ok: queued as ID".
