@@ -22,25 +22,6 @@ fn ini(hosts: &str, extra: &str) -> String {
     merge_ini(&base, extra)
 }
 
-/// submit queues one message through SMTP and returns its id.
-fn submit(relay: &Relay, from: &str, to: &[&str], body: &str) -> String {
-    let mut c = relay.connect();
-    c.greet();
-    let id = queued_id(&c.send_message(from, to, body));
-    c.expect("QUIT", "221");
-    id
-}
-
-/// queue_line is `queue list`'s line for `id`, or "" when it is not queued.
-fn queue_line(relay: &Relay, id: &str) -> String {
-    let out = relay.cmd(&["queue", "list"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with(id))
-        .unwrap_or("")
-        .to_string()
-}
-
 fn wait_queue_empty(relay: &Relay) {
     wait_for("the queue to empty", || relay.queue_ids().is_empty());
 }
@@ -78,8 +59,7 @@ fn message_is_delivered_exactly_once() {
     let sink = Sink::start(Opts::plain());
     let relay = Relay::start(&ini(&sink.addr(), ""));
     let body = message("once", "first line\r\n..leading dot\r\n");
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org", "carol@example.net"],
         &body,
@@ -111,8 +91,7 @@ fn message_is_delivered_exactly_once() {
 fn new_message_goes_out_without_waiting_for_a_rescan() {
     let sink = Sink::start(Opts::plain());
     let relay = Relay::start(&ini(&sink.addr(), ""));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("fast", "x"),
@@ -130,14 +109,13 @@ fn transient_4xx_is_retried_and_shown_in_queue_list() {
     let sink = Sink::start(Opts::plain());
     sink.rule("MAIL", "451 4.3.0 try again later");
     let relay = Relay::start(&ini(&sink.addr(), ""));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("retry", "x"),
     );
     wait_for("queue list to show the 451", || {
-        let l = queue_line(&relay, &id);
+        let l = relay.queue_line(&id);
         l.contains("error=send: ")
             && l.contains("451 4.3.0 try again later")
             && !l.contains("attempts=0")
@@ -158,8 +136,7 @@ fn connection_dropped_after_data_is_retried_not_lost() {
     let sink = Sink::start(Opts::plain());
     sink.rule_times("DOT", "DROP", 1);
     let relay = Relay::start(&ini(&sink.addr(), ""));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("drop", "x"),
@@ -180,8 +157,7 @@ fn partial_5xx_bounces_with_an_rfc3464_report() {
     let sink = Sink::start(Opts::plain());
     sink.rule("RCPT TO:<bad@example.org>", "550 5.1.1 no such user");
     let relay = Relay::start(&ini(&sink.addr(), ""));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["good@example.org", "bad@example.org"],
         &message("partial", "x"),
@@ -247,7 +223,7 @@ fn failure_of_a_null_sender_message_is_logged_and_dropped() {
     let sink = Sink::start(Opts::plain());
     sink.rule("RCPT", "550 5.1.1 no such user");
     let relay = Relay::start(&ini(&sink.addr(), ""));
-    let id = submit(&relay, "", &["bad@example.org"], &message("dsn", "x"));
+    let id = relay.submit("", &["bad@example.org"], &message("dsn", "x"));
     relay.wait_log(&format!(
         "delivery {id}: no report sent (the message has the null sender <>)"
     ));
@@ -263,8 +239,7 @@ fn lifetime_expiry_bounces_with_the_last_error() {
         &sink.addr(),
         "[queue]\nlifetime = 2s\nretry_max = 1s\n",
     ));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("old", "x"),
@@ -302,8 +277,7 @@ fn login_failure_pauses_the_queue_with_one_login_per_pause() {
     let relay = Relay::start(&ini(&sink.addr(), extra));
     let ids: Vec<String> = (0..5)
         .map(|i| {
-            submit(
-                &relay,
+            relay.submit(
                 "alice@example.com",
                 &["bob@example.org"],
                 &message(&format!("m{i}"), "x"),
@@ -344,9 +318,9 @@ fn login_failure_pauses_the_queue_with_one_login_per_pause() {
     );
     assert_eq!(relay.queue_ids().len(), 5);
     assert!(
-        queue_line(&relay, &ids[0]).contains("535 5.7.8"),
+        relay.queue_line(&ids[0]).contains("535 5.7.8"),
         "{}",
-        queue_line(&relay, &ids[0])
+        relay.queue_line(&ids[0])
     );
 
     // The password is fixed on the smarthost side: the next attempt resumes; the backlog goes
@@ -374,14 +348,13 @@ fn no_plaintext_when_starttls_is_missing() {
     let sink = Sink::start(Opts::plain().with_auth());
     let extra = "[smarthost]\ntls = starttls\nusername = relay@example.com\npassword = s3cret\n";
     let relay = Relay::start(&ini(&sink.addr(), extra));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("secret", "x"),
     );
     wait_for("queue list to name the missing STARTTLS", || {
-        queue_line(&relay, &id).contains("does not offer STARTTLS")
+        relay.queue_line(&id).contains("does not offer STARTTLS")
     });
     relay.wait_log("delivery paused for");
     assert!(sink.saw("EHLO"));
@@ -409,14 +382,13 @@ fn no_plaintext_when_starttls_is_refused_or_not_started() {
             certs().ca.display()
         );
         let relay = Relay::start(&ini(&sink.addr(), &extra));
-        let id = submit(
-            &relay,
+        let id = relay.submit(
             "alice@example.com",
             &["bob@example.org"],
             &message("secret", "x"),
         );
         wait_for("queue list to show the TLS failure", || {
-            queue_line(&relay, &id).contains("tls")
+            relay.queue_line(&id).contains("tls")
         });
         let out = relay.cmd(&["probe"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -437,14 +409,13 @@ fn no_plaintext_when_starttls_is_refused_or_not_started() {
 fn untrusted_certificate_keeps_the_message_queued() {
     let sink = Sink::start(Opts::starttls_self_signed());
     let relay = Relay::start(&ini(&sink.addr(), "[smarthost]\ntls = starttls\n"));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("pin", "x"),
     );
     wait_for("queue list to show the certificate error", || {
-        let l = queue_line(&relay, &id);
+        let l = relay.queue_line(&id);
         l.contains("tls: ") && l.contains("certificate")
     });
     relay.wait_log("delivery paused for");
@@ -461,8 +432,7 @@ fn pinned_fingerprint_accepts_a_self_signed_smarthost() {
         self_signed().fingerprint
     );
     let relay = Relay::start(&ini(&sink.addr(), &extra));
-    submit(
-        &relay,
+    relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("pinned", "x"),
@@ -480,8 +450,7 @@ fn implicit_tls_with_ca_file_and_auth() {
         certs().ca.display()
     );
     let relay = Relay::start(&ini(&sink.addr(), &extra));
-    submit(
-        &relay,
+    relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("tls", "x"),
@@ -502,8 +471,7 @@ fn starttls_with_ca_file() {
         certs().ca.display()
     );
     let relay = Relay::start(&ini(&sink.addr(), &extra));
-    submit(
-        &relay,
+    relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("starttls", "x"),
@@ -516,8 +484,7 @@ fn fails_over_to_the_second_host() {
     let sink = Sink::start(Opts::plain());
     let hosts = format!("127.0.0.1:{}, {}", closed_port(), sink.addr());
     let relay = Relay::start(&ini(&hosts, ""));
-    submit(
-        &relay,
+    relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("failover", "x"),
@@ -583,8 +550,7 @@ fn aliases_and_both_rewrites_apply_when_forwarding() {
                  [rewrite]\nsender = nas@example.com\nfrom = NAS <nas@example.com>\n";
     let relay = Relay::start(&ini(&sink.addr(), extra));
     let body = "From: Alice Example\r\n <alice@example.com>\r\nTo: root\r\nSubject: rewrite\r\n\r\nFrom: not a header\r\nbody\r\n";
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &[
             "root@relay.test",
@@ -625,19 +591,18 @@ fn queue_flush_retries_deferred_messages_now() {
         &sink.addr(),
         "[queue]\nretry_min = 1h\nretry_max = 1h\n",
     ));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("flush", "x"),
     );
     wait_for("the first attempt to fail", || {
-        queue_line(&relay, &id).contains("451 4.3.0 later")
+        relay.queue_line(&id).contains("451 4.3.0 later")
     });
     assert!(
-        queue_line(&relay, &id).contains("attempts=1"),
+        relay.queue_line(&id).contains("attempts=1"),
         "{}",
-        queue_line(&relay, &id)
+        relay.queue_line(&id)
     );
     let out = relay.cmd(&["queue", "flush"]);
     assert!(
@@ -741,8 +706,7 @@ fn interop_with_aiosmtpd_starttls_and_auth() {
         c.ca.display()
     );
     let relay = Relay::start(&ini(&format!("localhost:{port}"), &extra));
-    let id = submit(
-        &relay,
+    let id = relay.submit(
         "alice@example.com",
         &["bob@example.org"],
         &message("interop", "hello\r\n..dot"),

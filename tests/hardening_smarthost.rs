@@ -19,21 +19,7 @@ fn ini(sink: &Sink, extra: &str) -> String {
 }
 
 fn submit(relay: &Relay, body: &str) -> String {
-    let mut c = relay.connect();
-    c.greet();
-    let id = queued_id(&c.send_message("alice@example.com", &["bob@example.org"], body));
-    c.expect("QUIT", "221");
-    id
-}
-
-/// queue_line is `queue list`'s line for `id` ("" when it is gone).
-fn queue_line(relay: &Relay, id: &str) -> String {
-    let out = relay.cmd(&["queue", "list"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with(id))
-        .unwrap_or("")
-        .to_string()
+    relay.submit("alice@example.com", &["bob@example.org"], body)
 }
 
 fn assert_running(relay: &mut Relay) {
@@ -58,7 +44,7 @@ fn fault(opts: Opts, extra: &str, rules: &[(&str, &str)], body: &str, reasons: &
     let id = submit(&relay, body);
     let mut line = String::new();
     wait_for(&format!("one of {reasons:?} in queue list"), || {
-        line = queue_line(&relay, &id);
+        line = relay.queue_line(&id);
         reasons.iter().any(|r| line.contains(r))
     });
     eprintln!("queue list: {line}");

@@ -283,6 +283,25 @@ impl Relay {
     pub fn connect(&self) -> Client {
         Client::connect(self.addr())
     }
+
+    /// submit queues one message through SMTP and returns its id.
+    pub fn submit(&self, from: &str, to: &[&str], body: &str) -> String {
+        let mut c = self.connect();
+        c.greet();
+        let id = queued_id(&c.send_message(from, to, body));
+        c.expect("QUIT", "221");
+        id
+    }
+
+    /// queue_line is `queue list`'s line for `id`, or "" when it is not queued.
+    pub fn queue_line(&self, id: &str) -> String {
+        let out = self.cmd(&["queue", "list"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or("")
+            .to_string()
+    }
 }
 
 impl Drop for Relay {
