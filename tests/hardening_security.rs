@@ -20,28 +20,6 @@ const FILE_PW: &str = "F1le-S3cret-pw";
 /// A local user's password for AUTH into the relay.
 const ALICE_PW: &str = "Al1ce-Pa55-w0rd";
 
-/// RFC 4648 base64 with padding (enough for the secrets above).
-fn b64(data: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",

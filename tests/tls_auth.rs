@@ -61,28 +61,6 @@ fn lan(addr: SocketAddr) -> Client {
     Client::from_stream(connect_bound("127.0.0.2", addr))
 }
 
-/// b64 is standard base64 with padding (RFC 4648 §4), as SASL wants it.
-fn b64(data: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// plain is the AUTH PLAIN response for user/password (RFC 4616).
 fn plain(user: &str, pw: &str) -> String {
     b64(format!("\0{user}\0{pw}").as_bytes())

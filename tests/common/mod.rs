@@ -427,6 +427,29 @@ pub fn queue_ids_of(config: &Path) -> Vec<String> {
         .collect()
 }
 
+/// b64 is standard base64 with padding (RFC 4648 §4), as SASL wants it;
+/// written here so the tests do not trust the relay's own encoder.
+pub fn b64(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// queued_id extracts the id from "250 2.0.0 Ok: queued as ID".
 pub fn queued_id(reply: &str) -> String {
     assert!(reply.starts_with("250 2.0.0"), "not queued: {reply}");
