@@ -686,9 +686,14 @@ impl Shared {
             }
         }
         self.publish(&w);
+        let hold = w.cfg.smarthost.hosts.is_empty();
         drop(w);
-        // One message, one sender: any waiting sender can take it.
-        self.wake.notify_one();
+        // One message, one sender: any waiting sender can take it. In hold
+        // mode none would, and waking one per accepted message costs a
+        // context switch taken from accepting.
+        if !hold {
+            self.wake.notify_one();
+        }
     }
 
     fn flush(&self, source: Source) {

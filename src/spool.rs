@@ -563,6 +563,8 @@ struct SyncState {
     synced: u64,
     /// An fsync is under way.
     running: bool,
+    /// Callers waiting for a running fsync (none: no wake-up to send).
+    waiting: usize,
     /// The directory, opened once: an fsync needs no open/close around it.
     handle: Option<File>,
 }
@@ -622,11 +624,15 @@ impl DirSync {
                 if result.is_ok() {
                     st.synced = st.synced.max(covers);
                 }
-                self.done.notify_all();
+                if st.waiting > 0 {
+                    self.done.notify_all();
+                }
                 result?;
                 continue;
             }
+            st.waiting += 1;
             st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
         }
     }
 }

@@ -72,12 +72,11 @@ impl DataReader {
             if self.state == State::Done {
                 return (i, true);
             }
-            // Fast path: a run of ordinary bytes inside a body line.
-            if self.state == State::Text && self.header == Header::Body {
-                let run = input[i..]
-                    .iter()
-                    .position(|&c| c == b'\r' || c == b'\n')
-                    .unwrap_or(input.len() - i);
+            // Fast path: in the body, a run of ordinary lines (each ended by a
+            // real CRLF and followed by a byte that is no dot, CR or LF) needs no
+            // state machine and is copied in one go.
+            if self.header == Header::Body && self.state == State::Text {
+                let run = plain_body_run(&input[i..]);
                 if run > 0 {
                     self.output(&input[i..i + run], out);
                     i += run;
@@ -191,7 +190,7 @@ impl DataReader {
     /// Counts message bytes and appends them to `out` while within `max_size` (RFC 1870 6.3:
     /// the server keeps reading to the end marker, then refuses with 552).
     fn output(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        if !self.eight_bit && bytes.iter().any(|&c| c >= 0x80) {
+        if !self.eight_bit && !bytes.is_ascii() {
             self.eight_bit = true;
         }
         let before = self.size;
@@ -227,6 +226,46 @@ impl DataReader {
     pub fn eight_bit(&self) -> bool {
         self.eight_bit
     }
+}
+
+/// plain_body_run is the length of the prefix of `input` (read inside a body
+/// line) that the state machine would copy unchanged: bytes other than CR and
+/// LF, and CRLF pairs whose next byte starts an ordinary line (not ".", CR or
+/// LF). It stops before anything that needs a decision, including a CRLF at
+/// the very end of `input` (the next byte is not known yet).
+fn plain_body_run(input: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        i += find_cr_or_lf(&input[i..]).unwrap_or(input.len() - i);
+        match input.get(i..i + 3) {
+            Some([b'\r', b'\n', next]) if !matches!(next, b'.' | b'\r' | b'\n') => i += 3,
+            _ => return i,
+        }
+    }
+}
+
+/// find_cr_or_lf is the position of the first CR or LF, eight bytes at a time
+/// (a message body is mostly long runs without either).
+fn find_cr_or_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_byte = |w: u64, b: u8| {
+        let x = w ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if has_byte(w, b'\r') || has_byte(w, b'\n') {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&c| c == b'\r' || c == b'\n')
+        .map(|p| at + p)
 }
 
 /// Writes a stored (CRLF) message to an SMTP peer: dot-stuffing (RFC 5321 4.5.2), CRLF everywhere
@@ -354,6 +393,55 @@ mod tests {
             assert_eq!(o.eight_bit, whole.eight_bit);
         }
         whole
+    }
+
+    #[test]
+    fn find_cr_or_lf_agrees_with_a_plain_scan() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for b in [b'\r', b'\n'] {
+                    let mut v: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                    if at < len {
+                        v[at] = b;
+                    }
+                    let naive = v.iter().position(|&c| c == b'\r' || c == b'\n');
+                    assert_eq!(find_cr_or_lf(&v), naive, "len {len} at {at}");
+                }
+            }
+        }
+        // Bytes next to CR/LF in value (0x0c, 0x0e, 0x8d) are no match.
+        assert_eq!(
+            find_cr_or_lf(&[0x0c, 0x0e, 0x8d, 0x8a, 0x0b, 9, 0, 0xff, 0x0c]),
+            None
+        );
+    }
+
+    #[test]
+    fn body_runs_take_the_same_path_as_the_state_machine() {
+        // Bodies long enough for the run copy, with every case it must stop at;
+        // run_all checks the whole feed against byte-by-byte and every split.
+        let head = b"Subject: x\r\n\r\n".to_vec();
+        let bodies: [&[u8]; 9] = [
+            b"line one\r\nline two\r\nline three\r\n.\r\n",
+            b"aaaaaaaaaaaaaaaaaaaa\r\n..stuffed\r\nbbbbbbbbbbbbbbbb\r\n.\r\n",
+            b"bare\rcr then text\r\n.\r\n",
+            b"bare\nlf\n.\nstill data\r\n.\r\n",
+            b"two\r\n\r\nempty lines\r\n\r\n.\r\n",
+            b"eight \xc3\xa9 bit\r\nmore\r\n.\r\n",
+            b"ends\r\n.\r\nMAIL FROM:<a@b>\r\n",
+            b"cr cr\r\r\nlf\r\n\n.\r\n",
+            b"no end yet\r\nxxxxxxxxxxxxxxxx\r\n",
+        ];
+        for body in bodies {
+            let input = [head.as_slice(), body].concat();
+            let o = run_all(&input, 1 << 20);
+            let cut = run_all(&input, 18);
+            assert_eq!(&o.msg[..18], cut.msg.as_slice());
+            assert!(cut.exceeded);
+        }
+        let o = run_all(b"Subject: x\r\n\r\nline one\r\n..two\r\n.\r\ntail", 1000);
+        assert_eq!(o.msg, b"Subject: x\r\n\r\nline one\r\n.two\r\n");
+        assert!(o.done);
     }
 
     #[test]
