@@ -54,12 +54,14 @@ fn main() {
 
 const USAGE: &str =
     "usage: cargo bench --bench bench -- [--quick] [--runs N] [--out FILE | --no-write]
-       [--bin PATH] [--sink-port N] [--peer NAME --target 127.0.0.1:PORT [--peer-reset CMD]]
+       [--bin PATH] [--static-bin PATH | --no-static] [--sink-port N] [--peer NAME --target 127.0.0.1:PORT [--peer-reset CMD]]
        [--only SUBSTRING]
   --quick        short cases (for a smoke run)
   --runs N       repetitions; medians with min-max are reported (default 3)
   --out FILE     where to write the results (default BENCHMARKS.md in the crate)
   --bin PATH     the relay binary (default target/release/picorelay)
+  --static-bin   the static build whose size, idle memory and start-up are also
+                 measured (default: `make static`'s, when it has been built)
   --sink-port N  port of the built-in sink smarthost (default: any free port)
   --peer NAME    also load the relay at --target (loopback only), e.g. postfix
   --peer-reset   shell command run before each peer case (e.g. 'postsuper -d ALL')
@@ -73,6 +75,8 @@ struct Opts {
     runs: usize,
     out: Option<PathBuf>,
     bin: PathBuf,
+    /// The static (musl) build, `make static`: its footprint is measured too.
+    static_bin: Option<PathBuf>,
     base: PathBuf,
     sink_port: u16,
     peer: Option<Peer>,
@@ -97,6 +101,11 @@ impl Opts {
             runs: 3,
             out: Some(manifest.join("BENCHMARKS.md")),
             bin: manifest.join("target/release/picorelay"),
+            static_bin: Some(manifest.join(format!(
+                "target/{}-unknown-linux-musl/release/picorelay",
+                std::env::consts::ARCH
+            )))
+            .filter(|p| p.exists()),
             base: std::env::var_os("PICORELAY_BENCH_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
@@ -133,6 +142,8 @@ impl Opts {
                 "--out" => o.out = Some(PathBuf::from(val()?)),
                 "--no-write" => o.out = None,
                 "--bin" => o.bin = PathBuf::from(val()?),
+                "--static-bin" => o.static_bin = Some(PathBuf::from(val()?)),
+                "--no-static" => o.static_bin = None,
                 "--sink-port" => {
                     o.sink_port = val()?
                         .parse()
@@ -279,18 +290,14 @@ fn run(o: &Opts) -> Result<(), String> {
     let size = fs::metadata(&o.bin).map_err(|e| e.to_string())?.len();
     res.add(Who::Us, "binary size (stripped)", "MiB", mib(size));
     let fsync = fsync_baseline(&o.base)?;
-    res.add(
-        Who::Us,
-        "machine: one 4 KiB write+fsync, p50",
-        "ms",
-        ms(fsync.0),
-    );
-    res.add(
-        Who::Us,
-        "machine: write+fsync file, rename, fsync dir, p50",
-        "ms",
-        ms(fsync.1),
-    );
+    for (what, lat) in [
+        ("one 4 KiB write+fsync", &fsync.0),
+        ("write+fsync file, rename, fsync dir", &fsync.1),
+    ] {
+        let (p50, p99) = percentiles(lat);
+        res.add(Who::Us, &format!("machine: {what}, p50"), "ms", ms(p50));
+        res.add(Who::Us, &format!("machine: {what}, p99"), "ms", ms(p99));
+    }
 
     // Idle memory before any load, as the sum over processes (Postfix is several).
     if case_on("rss") {
@@ -420,6 +427,9 @@ fn run(o: &Opts) -> Result<(), String> {
         if case_on("rss") {
             memory_cases(o, &mut res)?;
         }
+        if let Some(bin) = o.static_bin.as_deref().filter(|_| case_on("static")) {
+            static_cases(o, bin, &mut res)?;
+        }
     }
 
     let load_after = fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -466,7 +476,26 @@ fn report_accept(res: &mut Results, who: Who, name: &str, r: &LoadResult, latenc
         let (p50, p99) = percentiles(&r.lat);
         res.add(who, &format!("{name}: accept latency p50"), "ms", ms(p50));
         res.add(who, &format!("{name}: accept latency p99"), "ms", ms(p99));
+        report_commit(res, who, name, r);
     }
+}
+
+/// report_commit adds the final dot → 250 latency: what the client waits for
+/// the message to be made durable (the issue's "accept p99 ≤ 2× one fsync").
+fn report_commit(res: &mut Results, who: Who, name: &str, r: &LoadResult) {
+    let (p50, p99) = percentiles(&r.commit);
+    res.add(
+        who,
+        &format!("{name}: commit latency (dot → 250) p50"),
+        "ms",
+        ms(p50),
+    );
+    res.add(
+        who,
+        &format!("{name}: commit latency (dot → 250) p99"),
+        "ms",
+        ms(p99),
+    );
 }
 
 fn report_e2e(res: &mut Results, who: Who, name: &str, r: &LoadResult, d: &Delivered) {
@@ -501,9 +530,60 @@ fn report_e2e(res: &mut Results, who: Who, name: &str, r: &LoadResult, d: &Deliv
     let (p50, p99) = percentiles(&r.lat);
     res.add(who, &format!("{name}: accept latency p50"), "ms", ms(p50));
     res.add(who, &format!("{name}: accept latency p99"), "ms", ms(p99));
+    report_commit(res, who, name, r);
     let (p50, p99) = percentiles(&d.lat);
     res.add(who, &format!("{name}: accept→sink p50"), "ms", ms(p50));
     res.add(who, &format!("{name}: accept→sink p99"), "ms", ms(p99));
+}
+
+/// static_cases measures the footprint of the static build (`make static`):
+/// size, start-up, and resident memory idle and after a message, as the rest
+/// of the table does for the default (glibc) build.
+fn static_cases(o: &Opts, bin: &Path, res: &mut Results) -> Result<(), String> {
+    let size = fs::metadata(bin)
+        .map_err(|e| format!("{}: {e}", bin.display()))?
+        .len();
+    res.add(Who::Us, "static build: binary size", "MiB", mib(size));
+    let relay = Relay::start_bin(o, bin, None, "")?;
+    res.add(
+        Who::Us,
+        "static build: start-up (spawn → banner)",
+        "ms",
+        ms(relay.startup),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (rss, _) = relay.memory();
+    res.add(
+        Who::Us,
+        "static build: RSS idle (VmRSS)",
+        "MiB",
+        kib_to_mib(rss),
+    );
+    let (pss, _) = pss_sum(&[relay.pid()]);
+    res.add(Who::Us, "static build: idle PSS", "MiB", kib_to_mib(pss));
+    let rss = rss_after_messages(&relay)?;
+    res.add(
+        Who::Us,
+        "static build: RSS idle after 10 messages (VmRSS)",
+        "MiB",
+        kib_to_mib(rss),
+    );
+    relay.stop();
+    Ok(())
+}
+
+/// rss_after_messages sends ten 4 KiB messages over one session, then returns
+/// VmRSS (KiB) once the relay is idle again: the code a session touches stays
+/// resident, so this is the idle figure of a relay that has worked.
+fn rss_after_messages(relay: &Relay) -> Result<u64, String> {
+    let mut c = Smtp::connect(relay.addr)?;
+    let body = body_of(4096);
+    for seq in 0..10 {
+        c.send("idle", seq, &body, true)?;
+    }
+    c.quit();
+    thread::sleep(Duration::from_millis(300));
+    Ok(relay.memory().0)
 }
 
 /// memory_cases measures RSS idle, with many connections, and with ten large messages.
@@ -513,6 +593,13 @@ fn memory_cases(o: &Opts, res: &mut Results) -> Result<(), String> {
     let (rss, hwm) = relay.memory();
     res.add(Who::Us, "RSS idle (VmRSS)", "MiB", kib_to_mib(rss));
     res.add(Who::Us, "RSS idle (VmHWM)", "MiB", kib_to_mib(hwm));
+    let rss = rss_after_messages(&relay)?;
+    res.add(
+        Who::Us,
+        "RSS idle after 10 messages (VmRSS)",
+        "MiB",
+        kib_to_mib(rss),
+    );
     relay.stop();
 
     for n in [100, 1000] {
@@ -622,15 +709,16 @@ fn memory_cases(o: &Opts, res: &mut Results) -> Result<(), String> {
 }
 
 /// fsync_baseline: the cost of the machine's durability primitives in the
-/// spool's filesystem, so that latencies can be read against it.
-fn fsync_baseline(base: &Path) -> Result<(Duration, Duration), String> {
+/// spool's filesystem, so that latencies can be read against it: one 4 KiB
+/// write+fsync, and a whole durable commit, 200 times each.
+fn fsync_baseline(base: &Path) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     let dir = base.join(format!("picorelay-bench-fsync-{}", std::process::id()));
     let q = dir.join("q");
     fs::create_dir_all(&q).map_err(|e| format!("{}: {e}", q.display()))?;
     let data = vec![b'x'; 4096];
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let result = (|| -> io::Result<()> {
-        for i in 0..50 {
+        for i in 0..200 {
             let p = dir.join(format!("f{i}"));
             let t = Instant::now();
             let mut f = fs::File::create(&p)?;
@@ -650,7 +738,7 @@ fn fsync_baseline(base: &Path) -> Result<(Duration, Duration), String> {
     })();
     let _ = fs::remove_dir_all(&dir);
     result.map_err(|e| format!("fsync baseline in {}: {e}", dir.display()))?;
-    Ok((percentiles(&a).0, percentiles(&b).0))
+    Ok((a, b))
 }
 
 // ---------------------------------------------------------------------------
@@ -671,6 +759,16 @@ impl Relay {
     /// start writes a config (hold mode when `smarthost` is None), spawns the
     /// binary and waits until it answers with its banner.
     fn start(o: &Opts, smarthost: Option<SocketAddr>, extra: &str) -> Result<Relay, String> {
+        Relay::start_bin(o, &o.bin, smarthost, extra)
+    }
+
+    /// start_bin is start with another build of the binary.
+    fn start_bin(
+        o: &Opts,
+        bin: &Path,
+        smarthost: Option<SocketAddr>,
+        extra: &str,
+    ) -> Result<Relay, String> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = o.base.join(format!(
             "picorelay-bench-{}-{}",
@@ -705,14 +803,14 @@ impl Relay {
         let stderr =
             fs::File::create(dir.join("stderr")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let t = Instant::now();
-        let mut cmd = Command::new(&o.bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(&cfg_path).arg("serve");
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", o.bin.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut relay = Relay {
             child: Some(child),
             dir,
@@ -849,6 +947,8 @@ struct Load {
 struct LoadResult {
     /// Accept latency (MAIL sent → 250 after the final dot) per message.
     lat: Vec<Duration>,
+    /// Commit latency (final dot sent → its 250): the wait for durability.
+    commit: Vec<Duration>,
     /// (seq, time of our 250) per accepted message.
     accepted: Vec<(u64, Instant)>,
     start: Instant,
@@ -883,6 +983,7 @@ impl Load {
                 barrier.wait();
                 let start = Instant::now();
                 let mut lat = Vec::new();
+                let mut commit = Vec::new();
                 let mut accepted = Vec::new();
                 let mut my_errors = 0;
                 let mut seq = (c as u64) * 1_000_000;
@@ -901,9 +1002,10 @@ impl Load {
                         seq += 1;
                         let t = Instant::now();
                         match s.send(&tag, seq, &body, hold) {
-                            Ok(()) => {
+                            Ok(c) => {
                                 let done = Instant::now();
                                 lat.push(done - t);
+                                commit.push(c);
                                 accepted.push((seq, done));
                                 in_conn += 1;
                             }
@@ -916,16 +1018,18 @@ impl Load {
                     }
                     s.quit();
                 }
-                (lat, accepted)
+                (lat, commit, accepted)
             }));
         }
         barrier.wait();
         let start = Instant::now();
         let mut lat = Vec::new();
+        let mut commit = Vec::new();
         let mut accepted = Vec::new();
         for h in handles {
-            if let Ok((l, a)) = h.join() {
+            if let Ok((l, c, a)) = h.join() {
                 lat.extend(l);
+                commit.extend(c);
                 accepted.extend(a);
             }
         }
@@ -933,6 +1037,7 @@ impl Load {
         let (errors, first_error) = std::mem::take(&mut *lock(&errors));
         LoadResult {
             lat,
+            commit,
             accepted,
             start,
             elapsed,
@@ -1007,7 +1112,8 @@ impl Smtp {
         }
     }
 
-    fn send(&mut self, tag: &str, seq: u64, body: &[u8], hold: bool) -> Result<(), String> {
+    /// send runs one transaction; returns the time from the final dot to its 250.
+    fn send(&mut self, tag: &str, seq: u64, body: &[u8], hold: bool) -> Result<Duration, String> {
         self.expect(Some(b"MAIL FROM:<bench@client.bench.test>\r\n"), 250)?;
         self.expect(Some(b"RCPT TO:<sink@sink.bench.test>\r\n"), 250)?;
         self.expect(Some(b"DATA\r\n"), 354)?;
@@ -1024,7 +1130,9 @@ impl Smtp {
             .write_all(head.as_bytes())
             .and_then(|_| self.w.write_all(body))
             .map_err(|e| e.to_string())?;
-        self.expect(Some(b".\r\n"), 250)
+        let t = Instant::now();
+        self.expect(Some(b".\r\n"), 250)?;
+        Ok(t.elapsed())
     }
 
     fn quit(mut self) {

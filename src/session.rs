@@ -409,7 +409,7 @@ impl<'a> Session<'a> {
             ("LOGIN", Some(resp)) => self.auth_login_user(resp.as_bytes()),
             ("LOGIN", None) => {
                 self.state = State::AuthLoginUser;
-                Action::Reply(reply::auth_challenge(&base64::encode(b"Username:")))
+                Action::Reply(reply::auth_challenge(base64::encode(b"Username:")))
             }
             _ => self.error(reply::auth_mechanism_unsupported()),
         }
@@ -454,7 +454,7 @@ impl<'a> Session<'a> {
             Ok(raw) => match String::from_utf8(raw) {
                 Ok(user) => {
                     self.state = State::AuthLoginPass(user);
-                    Action::Reply(reply::auth_challenge(&base64::encode(b"Password:")))
+                    Action::Reply(reply::auth_challenge(base64::encode(b"Password:")))
                 }
                 Err(_) => self.error(reply::auth_bad_base64()),
             },

@@ -26,7 +26,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_picorelay");
+/// The binary under test (PICORELAY_TEST_BIN as in tests/common).
+fn bin() -> String {
+    std::env::var("PICORELAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_picorelay").into())
+}
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// One ```ini block: where it starts and its text.
@@ -266,7 +269,7 @@ fn every_ini_example_in_the_docs_passes_check() {
             let text = patch(&ex, &scratch, checked);
             let path = scratch.dir.join(format!("example-{checked}.ini"));
             std::fs::write(&path, &text).unwrap();
-            let out = Command::new(BIN)
+            let out = Command::new(bin())
                 .arg("-c")
                 .arg(&path)
                 .arg("check")

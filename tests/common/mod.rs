@@ -16,8 +16,15 @@ use std::time::{Duration, Instant};
 /// Generous deadline for anything a loaded CI machine must eventually do.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// bin is the binary under test: cargo's build, or another build of the same
+/// tree named by PICORELAY_TEST_BIN (e.g. `make static`'s, to run the suite
+/// against the musl build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_picorelay")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("PICORELAY_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_picorelay").to_string())
+    })
 }
 
 /// A unique temporary directory, removed on drop.
