@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::sys;
+
 /// First line of every spool file; the number is the format version.
 const MAGIC: &str = "picorelay-spool";
 /// The only format version this build reads and writes.
@@ -786,13 +788,12 @@ impl Spool {
         }
     }
 
-    /// A fresh id and tmp/ path that collide with nothing in tmp/ or queue/ (rename would overwrite).
+    /// A fresh id and a new tmp/ file of that name.
     fn fresh(&self) -> Result<(String, PathBuf, File), SpoolError> {
         loop {
+            // A clash with queue/ is caught by the rename at commit, which
+            // never replaces a file: no lookup in queue/ per message here.
             let id = new_id();
-            if self.queue.join(&id).exists() {
-                continue;
-            }
             let path = self.tmp.join(&id);
             match create_new(&path) {
                 Ok(f) => return Ok((id, path, f)),
@@ -1060,7 +1061,7 @@ impl Incoming {
             .len();
         drop(file);
         let dest = self.queue.join(&self.id);
-        fs::rename(&tmp, &dest).map_err(|e| io_err(&e, "cannot rename into", &dest))?;
+        rename_new(&tmp, &dest)?;
         if let Err(e) = self.queue_sync.sync() {
             // Not durable, so the client must not get 250: take the message back out (it will retry)
             // rather than deliver one the client also resends.
@@ -1070,6 +1071,24 @@ impl Incoming {
         self.tmp = None;
         self.usage.fetch_add(size, Ordering::SeqCst);
         Ok(self.id.clone())
+    }
+}
+
+/// rename_new moves a finished file into queue/, never over a message already
+/// there (ids are unique by construction; a clash refuses this one, 4xx).
+fn rename_new(tmp: &Path, dest: &Path) -> Result<(), SpoolError> {
+    match sys::rename_noreplace(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if dest.exists() {
+                return Err(SpoolError::Io(format!(
+                    "{}: a message with this id is already queued",
+                    dest.display()
+                )));
+            }
+            fs::rename(tmp, dest).map_err(|e| io_err(&e, "cannot rename into", dest))
+        }
+        Err(e) => Err(io_err(&e, "cannot rename into", dest)),
     }
 }
 
@@ -1371,6 +1390,21 @@ mod tests {
             })
             .collect();
         assert!(threads.into_iter().all(|t| t.join().unwrap()));
+    }
+
+    #[test]
+    fn a_clashing_id_never_replaces_a_queued_message() {
+        let t = TempDir::new("clash");
+        fs::create_dir_all(&t.0).unwrap();
+        let (queued, new) = (t.0.join("queued"), t.0.join("new"));
+        fs::write(&queued, "first").unwrap();
+        fs::write(&new, "second").unwrap();
+        assert!(rename_new(&new, &queued).is_err());
+        assert_eq!(fs::read_to_string(&queued).unwrap(), "first");
+        let free = t.0.join("free");
+        rename_new(&new, &free).unwrap();
+        assert_eq!(fs::read_to_string(&free).unwrap(), "second");
+        assert!(!new.exists());
     }
 
     #[test]

@@ -279,6 +279,42 @@ pub fn restrict_umask(bits: u32) {
     }
 }
 
+/// rename_noreplace renames `from` to `to` unless `to` exists, in one step
+/// (renameat2 RENAME_NOREPLACE): AlreadyExists then, and nothing is replaced.
+/// Unsupported (a filesystem or kernel without the flag): Unsupported, and the
+/// caller checks and renames itself.
+pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated and outlive the call; the raw
+    // syscall (musl's libc has no renameat2 wrapper everywhere) only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "rename without replace is not supported here",
+        )),
+        _ => Err(e),
+    }
+}
+
 /// on_ram_filesystem tells whether `path` lives on tmpfs or ramfs (OpenWrt's
 /// /tmp and /var): mail there is lost on reboot.
 pub fn on_ram_filesystem(path: &std::path::Path) -> bool {

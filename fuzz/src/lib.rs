@@ -19,5 +19,7 @@ pub mod session;
 pub mod smtp;
 #[path = "../../src/spool.rs"]
 pub mod spool;
+#[path = "../../src/sys.rs"]
+pub mod sys;
 #[path = "../../src/tls.rs"]
 pub mod tls;
