@@ -285,14 +285,16 @@ pub fn write_stuffed<R: Read, W: Write>(mut msg: R, out: &mut W) -> io::Result<u
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        for &c in &inbuf[..n] {
+        let mut rest = &inbuf[..n];
+        while let Some(&c) = rest.first() {
             if pending_cr {
                 pending_cr = false;
                 obuf.extend_from_slice(b"\r\n");
                 line_start = true;
                 if c == b'\n' {
-                    continue;
+                    rest = &rest[1..];
                 }
+                continue;
             }
             match c {
                 b'\r' => pending_cr = true,
@@ -304,10 +306,15 @@ pub fn write_stuffed<R: Read, W: Write>(mut msg: R, out: &mut W) -> io::Result<u
                     if line_start && c == b'.' {
                         obuf.push(b'.');
                     }
-                    obuf.push(c);
+                    // The rest of the line up to CR/LF goes in one copy.
+                    let run = find_cr_or_lf(rest).unwrap_or(rest.len());
+                    obuf.extend_from_slice(&rest[..run]);
+                    rest = &rest[run..];
                     line_start = false;
+                    continue;
                 }
             }
+            rest = &rest[1..];
         }
         if obuf.len() >= 16384 {
             out.write_all(&obuf)?;
@@ -673,6 +680,65 @@ mod tests {
                 }
                 _ => Ok(0),
             }
+        }
+    }
+
+    /// The byte-at-a-time definition of write_stuffed's output, for comparison.
+    fn stuffed_reference(msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut line_start, mut pending_cr) = (true, false);
+        for &c in msg {
+            if pending_cr {
+                pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+                if c == b'\n' {
+                    continue;
+                }
+            }
+            match c {
+                b'\r' => pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    line_start = true;
+                }
+                _ => {
+                    if line_start && c == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(c);
+                    line_start = false;
+                }
+            }
+        }
+        if pending_cr || !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn stuffing_agrees_with_the_byte_at_a_time_definition() {
+        // Pseudo-random messages over the bytes that matter, whole and trickled.
+        let mut x: u32 = 12345;
+        for len in (0..300).chain([9000, 20000]) {
+            let msg: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    b"aaaaaaaa..\r\n\r\n\xe9"[(x >> 16) as usize % 15]
+                })
+                .collect();
+            let want = stuffed_reference(&msg);
+            let mut out = Vec::new();
+            assert_eq!(
+                write_stuffed(msg.as_slice(), &mut out).unwrap(),
+                want.len() as u64
+            );
+            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(&msg));
+            let mut out = Vec::new();
+            write_stuffed(Trickle(&msg), &mut out).unwrap();
+            assert_eq!(out, want);
         }
     }
 
