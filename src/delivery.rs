@@ -724,14 +724,25 @@ impl Shared {
                     .wait_timeout_while(w, RESCAN_EVERY, |w| !w.stopping)
                     .unwrap_or_else(|p| p.into_inner());
                 if w.stopping {
+                    drop(w);
+                    self.sync_removals();
                     return;
                 }
             }
+            self.sync_removals();
             if take_flush_trigger(&self.spool) {
                 log::info!("delivery: queue flush requested");
                 self.flush(Source::Flush);
             }
             self.rescan(&mut unreadable);
+        }
+    }
+
+    /// sync_removals makes the senders' removals of delivered messages durable
+    /// (they do not wait for it themselves): at most RESCAN_EVERY after one.
+    fn sync_removals(&self) {
+        if let Err(e) = self.spool.sync_pending() {
+            log::warn!("delivery: cannot sync the queue folder: {e}");
         }
     }
 
@@ -1272,7 +1283,7 @@ impl Shared {
         }
         let mut w;
         if !pending(&env) {
-            match self.spool.delete(&id) {
+            match self.spool.delete_delivered(&id) {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
                     log::debug!("delivery {id}: done, removed from the queue");
                 }

@@ -603,6 +603,26 @@ impl DirSync {
         }
     }
 
+    /// sync_later notes a change that must reach the disk soon but that no
+    /// caller waits for: the next sync, or sync_pending, covers it.
+    pub fn sync_later(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested += 1;
+    }
+
+    /// sync_pending syncs when a change noted by sync_later is not on disk yet.
+    pub fn sync_pending(&self) -> Result<(), SpoolError> {
+        let pending = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.synced < st.requested
+        };
+        if pending {
+            self.sync()
+        } else {
+            Ok(())
+        }
+    }
+
     /// sync returns once a directory fsync that began after this call has
     /// completed. If that fsync fails, the caller that ran it gets the error and
     /// the waiting ones try again themselves.
@@ -970,13 +990,36 @@ impl Spool {
 
     /// Removes message `id` from the queue. BadId for a malformed id, NotFound when not queued.
     pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+        self.remove(id)?;
+        // So a deleted message does not come back after a crash.
+        self.queue_sync.sync()
+    }
+
+    /// delete_delivered removes a message that has been delivered without
+    /// waiting for the folder fsync: the removal reaches the disk with the next
+    /// one (an accepted message's, or `sync_pending`, which the delivery runner
+    /// calls at least once a second), and the sender goes on to the next
+    /// message meanwhile. A power cut in that window brings the message back
+    /// and it is sent again (at-least-once; Postfix never syncs a removal); a
+    /// crash of the process does not (the unlink is already in the kernel).
+    pub fn delete_delivered(&self, id: &str) -> Result<(), SpoolError> {
+        self.remove(id)?;
+        self.queue_sync.sync_later();
+        Ok(())
+    }
+
+    /// sync_pending makes the removals of delete_delivered durable now.
+    pub fn sync_pending(&self) -> Result<(), SpoolError> {
+        self.queue_sync.sync_pending()
+    }
+
+    fn remove(&self, id: &str) -> Result<(), SpoolError> {
         let path = self.queue_path(id)?;
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match fs::remove_file(&path) {
             Ok(()) => {
                 usage_sub(&self.usage, size);
-                // So a delivered message does not come back (and go out twice) after a crash.
-                self.queue_sync.sync()
+                Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(SpoolError::NotFound(id.to_string()))
@@ -1437,6 +1480,33 @@ mod tests {
         assert_eq!(spool.usage(), file_len);
         // A reopened spool computes the same usage.
         assert_eq!(Spool::open(&t.0, 0).unwrap().usage(), file_len);
+    }
+
+    #[test]
+    fn a_delivered_message_goes_at_once_and_its_removal_is_synced_later() {
+        let t = TempDir::new("delivered");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let id = queue_one(&spool, &env(), b"Subject: hi\r\n\r\nhello\r\n");
+        let unsynced = |s: &Spool| {
+            let st = s.queue_sync.state.lock().unwrap();
+            st.requested - st.synced
+        };
+        assert_eq!(unsynced(&spool), 0);
+        spool.delete_delivered(&id).unwrap();
+        assert!(files(&t.0.join("queue")).is_empty());
+        assert_eq!(spool.usage(), 0);
+        assert_eq!(
+            unsynced(&spool),
+            1,
+            "the removal waits for the next folder sync"
+        );
+        spool.sync_pending().unwrap();
+        assert_eq!(unsynced(&spool), 0);
+        spool.sync_pending().unwrap(); // nothing pending: no fsync, no error
+        assert!(matches!(
+            spool.delete_delivered(&id),
+            Err(SpoolError::NotFound(_))
+        ));
     }
 
     #[test]
