@@ -1364,9 +1364,7 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
 }
 
 fn num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v >= 100.0 {
+    if v.fract() == 0.0 || v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")

@@ -1527,12 +1527,7 @@ mod tests {
         ];
         for pipelining in [false, true] {
             for (name, rcpt_replies, dot, want) in &cases {
-                let ehlo = if pipelining {
-                    "250-s\n250 PIPELINING"
-                } else {
-                    "250 s"
-                };
-                let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+                let mut script = greeting(pipelining);
                 if pipelining {
                     script.extend([C("MAIL"), C("RCPT"), C("RCPT"), C("DATA"), S("250 ok")]);
                     script.extend([S(rcpt_replies[0]), S(rcpt_replies[1]), S("354 go")]);
@@ -1589,6 +1584,17 @@ mod tests {
         }
     }
 
+    /// greeting is the start of a script: banner, EHLO, and its reply with or
+    /// without PIPELINING.
+    fn greeting(pipelining: bool) -> Vec<Step> {
+        let ehlo = if pipelining {
+            "250-s\n250 PIPELINING"
+        } else {
+            "250 s"
+        };
+        vec![GREET, C("EHLO"), S(ehlo)]
+    }
+
     /// Replies for one whole transaction (MAIL, one RCPT, DATA, message, dot), pipelined or not.
     fn transaction(script: &mut Vec<Step>, pipelining: bool, dot: &'static str) {
         if pipelining {
@@ -1604,12 +1610,7 @@ mod tests {
     fn no_rset_after_a_completed_transaction() {
         // RFC 5321 4.1.1.4: after a 250 to the final dot the server is ready for MAIL.
         for pipelining in [false, true] {
-            let ehlo = if pipelining {
-                "250-s\n250 PIPELINING"
-            } else {
-                "250 s"
-            };
-            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            let mut script = greeting(pipelining);
             transaction(&mut script, pipelining, "250 queued 1");
             transaction(&mut script, pipelining, "250 queued 2");
             script.extend([C("QUIT"), S("221 bye")]);
@@ -1695,12 +1696,7 @@ mod tests {
             ),
         ];
         for (name, first, pipelining, first_ok) in cases {
-            let ehlo = if pipelining {
-                "250-s\n250 PIPELINING"
-            } else {
-                "250 s"
-            };
-            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            let mut script = greeting(pipelining);
             script.extend(first);
             if pipelining {
                 // The server answers only once RSET and the whole group arrived: an unpipelined
@@ -1753,12 +1749,7 @@ mod tests {
     #[test]
     fn refused_rset_makes_the_connection_unusable() {
         for pipelining in [false, true] {
-            let ehlo = if pipelining {
-                "250-s\n250 PIPELINING"
-            } else {
-                "250 s"
-            };
-            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            let mut script = greeting(pipelining);
             if pipelining {
                 script.extend([C("MAIL"), C("RCPT"), C("DATA"), S("250 ok\n550 no\n554 no")]);
                 script.extend([C("RSET"), C("MAIL"), C("RCPT"), C("DATA")]);

@@ -1170,24 +1170,13 @@ mod tests {
 
     fn env() -> Envelope {
         Envelope {
-            id: String::new(),
-            sender: "alice@example.com".into(),
-            recipients: vec![Recipient {
-                addr: "bob@example.org".into(),
-                orig: None,
-                state: RcptState::Pending,
-                reply: None,
-            }],
-            client: "192.0.2.7".into(),
-            helo: "mx.example.com".into(),
             arrival: 1_700_000_000,
-            auth_user: None,
-            eight_bit: false,
-            smtputf8: false,
-            attempts: 0,
-            next_attempt: 0,
-            last_error: None,
-            bounced: false,
+            ..Envelope::new(
+                "alice@example.com",
+                &["bob@example.org".to_string()],
+                "192.0.2.7",
+                "mx.example.com",
+            )
         }
     }
 

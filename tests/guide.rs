@@ -21,6 +21,7 @@
 //! - `[server] pid_file` and `[log] file` become paths in the temporary folder;
 //! - `[server] user` becomes the user running the test (the example's account,
 //!   e.g. `picorelay`, need not exist here).
+//!
 //! Inline comments on a patched line are dropped with its value.
 
 use std::path::{Path, PathBuf};
