@@ -226,7 +226,10 @@ impl fmt::Debug for OAuth {
             .field("provider", &self.provider)
             .field("grant", &self.grant)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "********"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "********"),
+            )
             .field("client_secret_file", &self.client_secret_file)
             .field("token_url", &self.token_url)
             .field("device_url", &self.device_url)
@@ -1421,7 +1424,9 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         SmarthostAuth::Xoauth2 | SmarthostAuth::Oauthbearer => true,
         // A misspelt provider is reported once, not again as a missing password.
         SmarthostAuth::Auto => {
-            oauth.is_some() || l.written("oauth", "provider").is_some_and(|v| !v.is_empty())
+            oauth.is_some()
+                || l.written("oauth", "provider")
+                    .is_some_and(|v| !v.is_empty())
         }
         _ => false,
     };
@@ -1434,7 +1439,11 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         );
     }
     if tls == TlsMode::None && username.is_some() && sh_auth != SmarthostAuth::None {
-        let what = if uses_oauth { "access token" } else { "password" };
+        let what = if uses_oauth {
+            "access token"
+        } else {
+            "password"
+        };
         l.warn(
             "smarthost",
             "tls",
@@ -1548,7 +1557,9 @@ fn check_smarthost_login(
         l.err(
             sh,
             "auth",
-            format!("{named} needs an [oauth] section with a provider (microsoft, google or custom)"),
+            format!(
+                "{named} needs an [oauth] section with a provider (microsoft, google or custom)"
+            ),
         );
         return;
     }
@@ -1561,7 +1572,11 @@ fn check_smarthost_login(
             );
         }
         if password {
-            l.warn(sh, "password", "ignored: the login uses [oauth] access tokens");
+            l.warn(
+                sh,
+                "password",
+                "ignored: the login uses [oauth] access tokens",
+            );
         }
         return;
     }
@@ -1609,7 +1624,8 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
                 .map(|(k, _)| *k)
                 .filter(|k| {
                     *k != "provider"
-                        && l.written(o, k).is_some_and(|v| !v.is_empty() && v != default_of(o, k))
+                        && l.written(o, k)
+                            .is_some_and(|v| !v.is_empty() && v != default_of(o, k))
                 })
                 .collect();
             for key in stray {
@@ -2952,26 +2968,48 @@ file = /var/log/picorelay.log
         );
         assert_eq!(
             o.device_url.as_deref(),
-            Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode")
+            Some(
+                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+            )
         );
-        assert_eq!(o.scope, "https://outlook.office.com/SMTP.Send offline_access");
-        assert_eq!(o.token_file, PathBuf::from("/var/spool/picorelay/oauth-token"));
+        assert_eq!(
+            o.scope,
+            "https://outlook.office.com/SMTP.Send offline_access"
+        );
+        assert_eq!(
+            o.token_file,
+            PathBuf::from("/var/spool/picorelay/oauth-token")
+        );
         assert_eq!(o.timeout, Duration::from_secs(30));
         let c = good("[smarthost]\nusername = m@example.com\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s");
-        assert_eq!(c.oauth.unwrap().scope, "https://outlook.office365.com/.default");
+        assert_eq!(
+            c.oauth.unwrap().scope,
+            "https://outlook.office365.com/.default"
+        );
         let c = good("[smarthost]\nusername = m@gmail.com\n[oauth]\nprovider = google\nclient_id = c\nclient_secret = s");
         let o = c.oauth.unwrap();
         assert_eq!(o.token_url, "https://oauth2.googleapis.com/token");
-        assert_eq!(o.auth_url.as_deref(), Some("https://accounts.google.com/o/oauth2/v2/auth"));
+        assert_eq!(
+            o.auth_url.as_deref(),
+            Some("https://accounts.google.com/o/oauth2/v2/auth")
+        );
         assert_eq!(o.scope, "https://mail.google.com/");
         // A password beside [oauth] is not needed, and is said to be unused.
-        let c = good("[smarthost]\nusername = u\npassword = p\n[oauth]\nprovider = microsoft\nclient_id = c");
-        assert!(c.warnings.iter().any(|w| w.contains("[smarthost] password: ignored")));
+        let c = good(
+            "[smarthost]\nusername = u\npassword = p\n[oauth]\nprovider = microsoft\nclient_id = c",
+        );
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("[smarthost] password: ignored")));
         // Nothing secret in the summary or Debug.
         let c = good("[smarthost]\nhost = h\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.summary().join("\n").contains("hunter2"));
-        assert!(c.summary().join("\n").contains("microsoft OAuth tokens (client_credentials grant"));
+        assert!(c
+            .summary()
+            .join("\n")
+            .contains("microsoft OAuth tokens (client_credentials grant"));
     }
 
     #[test]
