@@ -5,9 +5,10 @@
 //! message, returning one outcome per recipient. Every error carries its stage and its permanence,
 //! decided where the reply is read.
 
-use crate::config::TlsMode;
+use crate::config::{SmarthostAuth, TlsMode};
 use crate::smtp::data::write_stuffed;
 use crate::smtp::reply::{parse_reply_line, MAX_PEER_REPLY_LINE, MAX_REPLY_LINES};
+use crate::smtp::sasl::{self, BearerMechanism};
 use crate::tls::Stream;
 use std::fmt;
 use std::io::{self, BufWriter, Read, Write};
@@ -81,6 +82,15 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Where OAuth access tokens come from (delivery wires in `oauth::Tokens`): the client only
+/// asks for a token and says when the smarthost refused one.
+pub trait BearerSource: Send + Sync {
+    /// bearer returns an access token for one login. `refused` is the token the smarthost has
+    /// just refused: a different, newly issued one is wanted. An Err is a ClientError at the
+    /// Auth stage, transient when the identity provider may answer later.
+    fn bearer(&self, refused: Option<&str>) -> Result<String, ClientError>;
+}
+
 /// How to reach and log in to the smarthost (built by the caller from `config::Smarthost`).
 #[derive(Clone)]
 pub struct Settings {
@@ -94,6 +104,10 @@ pub struct Settings {
     pub username: Option<String>,
     /// AUTH password.
     pub password: Option<String>,
+    /// Which mechanism logs in (`[smarthost] auth`).
+    pub auth: SmarthostAuth,
+    /// OAuth access tokens, for XOAUTH2/OAUTHBEARER; None = password mechanisms.
+    pub bearer: Option<Arc<dyn BearerSource>>,
     /// Name sent in EHLO/HELO.
     pub helo: String,
     /// Per address TCP connect timeout (e.g. 30 s).
@@ -113,6 +127,8 @@ impl fmt::Debug for Settings {
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("auth", &self.auth)
+            .field("bearer", &self.bearer.as_ref().map(|_| "oauth"))
             .field("helo", &self.helo)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
@@ -1054,9 +1070,16 @@ fn open_host(
         ext = hello(&mut wire, s, tr)?;
     }
 
-    if let Some(user) = &s.username {
-        let password = s.password.as_deref().unwrap_or("");
-        if let Err(e) = authenticate(&mut wire, &ext, user, password, t, tr) {
+    if let Some(user) = s
+        .username
+        .as_deref()
+        .filter(|_| s.auth != SmarthostAuth::None)
+    {
+        let result = match &s.bearer {
+            Some(source) => authenticate_bearer(&mut wire, &ext, s, user, source.as_ref(), tr),
+            None => authenticate(&mut wire, &ext, s, user, tr),
+        };
+        if let Err(e) = result {
             wire.quit(t, tr);
             return Err(e);
         }
@@ -1106,41 +1129,61 @@ fn hello(wire: &mut Wire, s: &Settings, tr: Transcript<'_>) -> Result<Extensions
     Err(refused(Stage::Connect, &peer, "EHLO refused", &r))
 }
 
-/// AUTH PLAIN with an initial response (RFC 4954 4, RFC 4616), else AUTH LOGIN.
+/// no_auth_offered is the error for a smarthost that offers no AUTH at all.
+fn no_auth_offered(wire: &Wire) -> ClientError {
+    let hint = if wire.stream.is_tls() {
+        ""
+    } else {
+        " (many servers offer it only over TLS: set tls = starttls or tls)"
+    };
+    ClientError::new(
+        Stage::Auth,
+        true,
+        format!(
+            "{}: username is set but the smarthost does not offer AUTH{hint}",
+            wire.peer
+        ),
+    )
+}
+
+/// login_refused describes a refused login with its permanence (RFC 4954 6: 535 = bad
+/// credentials, other 5xx = refused for good, retrying the same only risks a lockout; 4xx =
+/// try later), and what the provider's reply means when it is a known one.
+fn login_refused(peer: &str, r: &Reply, extra: &str) -> ClientError {
+    let mut e = reply_error(Stage::Auth, peer, "login refused", r);
+    e.message.push_str(extra);
+    if let Some(h) = sasl::login_hint(&r.text()) {
+        e.message.push_str(": ");
+        e.message.push_str(h.fix);
+    }
+    e
+}
+
+/// AUTH PLAIN with an initial response (RFC 4954 4, RFC 4616), else AUTH LOGIN; `[smarthost]
+/// auth = plain | login` insists on one.
 fn authenticate(
     wire: &mut Wire,
     ext: &Extensions,
+    s: &Settings,
     user: &str,
-    password: &str,
-    t: Duration,
     tr: Transcript<'_>,
 ) -> Result<(), ClientError> {
     let peer = wire.peer.clone();
+    let t = s.command_timeout;
+    let password = s.password.as_deref().unwrap_or("");
     let io = |e| wire_error(Stage::Auth, &peer, "AUTH", e);
     if ext.auth.is_empty() {
-        let hint = if wire.stream.is_tls() {
-            ""
-        } else {
-            " (many servers offer it only over TLS: set tls = starttls or tls)"
-        };
-        return Err(ClientError::new(
-            Stage::Auth,
-            true,
-            format!("{peer}: username is set but the smarthost does not offer AUTH{hint}"),
-        ));
+        return Err(no_auth_offered(wire));
     }
-    let reply = if ext.auth.iter().any(|m| m == "PLAIN") {
-        // RFC 4616 2: [authzid] NUL authcid NUL passwd, with an empty authzid.
-        let mut token = Vec::with_capacity(user.len() + password.len() + 2);
-        token.push(0);
-        token.extend_from_slice(user.as_bytes());
-        token.push(0);
-        token.extend_from_slice(password.as_bytes());
-        let line = format!("AUTH PLAIN {}", crate::base64::encode(&token));
+    let offered = |m: &str| ext.auth.iter().any(|o| o == m);
+    let use_plain = offered("PLAIN") && s.auth != SmarthostAuth::Login;
+    let use_login = offered("LOGIN") && s.auth != SmarthostAuth::Plain;
+    let reply = if use_plain {
+        let line = format!("AUTH PLAIN {}", sasl::plain(user, password));
         wire.send(&[(&line, &format!("AUTH PLAIN {MASK}"))], tr)
             .map_err(io)?;
         wire.read_reply(t, true, tr).map_err(io)?
-    } else if ext.auth.iter().any(|m| m == "LOGIN") {
+    } else if use_login {
         wire.command("AUTH LOGIN", tr).map_err(io)?;
         let mut r = wire.read_reply(t, true, tr).map_err(io)?;
         for secret in [user, password] {
@@ -1153,11 +1196,16 @@ fn authenticate(
         }
         r
     } else {
+        let wanted = match s.auth {
+            SmarthostAuth::Plain => "PLAIN (auth = plain)",
+            SmarthostAuth::Login => "LOGIN (auth = login)",
+            _ => "PLAIN or LOGIN",
+        };
         return Err(ClientError::new(
             Stage::Auth,
             true,
             format!(
-                "{peer}: smarthost offers AUTH {} but only PLAIN and LOGIN are supported",
+                "{peer}: smarthost offers AUTH {} but not {wanted}; for XOAUTH2 set up [oauth]",
                 ext.auth.join(" ")
             ),
         ));
@@ -1174,10 +1222,131 @@ fn authenticate(
                 format!("{peer}: unexpected AUTH challenge; login cancelled"),
             ))
         }
-        // RFC 4954 6: 535 = bad credentials, other 5xx = refused for good (retrying with the
-        // same password only risks a lockout); 4xx = try later.
-        _ => Err(reply_error(Stage::Auth, &peer, "login refused", &reply)),
+        _ => Err(login_refused(&peer, &reply, "")),
     }
+}
+
+/// bearer_mechanism picks XOAUTH2 or OAUTHBEARER from what EHLO offered: `auto` prefers
+/// XOAUTH2 (the one Microsoft 365 offers) and takes OAUTHBEARER when only that is offered.
+fn bearer_mechanism(auth: SmarthostAuth, offered: &[String]) -> Result<BearerMechanism, String> {
+    let has = |m: BearerMechanism| offered.iter().any(|o| o == m.name());
+    let want = match auth {
+        SmarthostAuth::Xoauth2 => vec![BearerMechanism::Xoauth2],
+        SmarthostAuth::Oauthbearer => vec![BearerMechanism::OauthBearer],
+        _ => vec![BearerMechanism::Xoauth2, BearerMechanism::OauthBearer],
+    };
+    want.iter().copied().find(|m| has(*m)).ok_or_else(|| {
+        let names: Vec<&str> = want.iter().map(|m| m.name()).collect();
+        format!(
+            "smarthost offers AUTH {} but not {}, which [oauth] tokens need",
+            offered.join(" "),
+            names.join(" or ")
+        )
+    })
+}
+
+/// How one bearer-token AUTH exchange ended.
+enum BearerOutcome {
+    /// 235.
+    Accepted,
+    /// The final reply, and the server's error challenge when it sent one (Gmail).
+    Refused(Reply, Option<String>),
+}
+
+/// authenticate_bearer logs in with an OAuth access token. A refused token gets exactly one
+/// fresh token and one more AUTH on the same session (the cached one may have been revoked
+/// early); a second refusal is a login failure like a refused password.
+fn authenticate_bearer(
+    wire: &mut Wire,
+    ext: &Extensions,
+    s: &Settings,
+    user: &str,
+    source: &dyn BearerSource,
+    tr: Transcript<'_>,
+) -> Result<(), ClientError> {
+    let peer = wire.peer.clone();
+    if ext.auth.is_empty() {
+        return Err(no_auth_offered(wire));
+    }
+    let mech = bearer_mechanism(s.auth, &ext.auth)
+        .map_err(|why| ClientError::new(Stage::Auth, true, format!("{peer}: {why}")))?;
+    let mut token = source.bearer(None)?;
+    let mut retried = false;
+    loop {
+        let (reply, challenge) = match bearer_attempt(wire, mech, user, &token, s, tr)? {
+            BearerOutcome::Accepted => return Ok(()),
+            BearerOutcome::Refused(r, c) => (r, c),
+        };
+        if !retried && sasl::token_refused(reply.code, &reply.text()) {
+            retried = true;
+            note(
+                tr,
+                &peer,
+                "* token refused: asking the identity provider for a fresh one",
+            );
+            token = source.bearer(Some(&token))?;
+            continue;
+        }
+        let extra = match (&challenge, retried) {
+            (Some(c), true) => format!(" (server said {c}; a fresh token was refused too)"),
+            (Some(c), false) => format!(" (server said {c})"),
+            (None, true) => " (a fresh token was refused too)".to_string(),
+            (None, false) => String::new(),
+        };
+        return Err(login_refused(&peer, &reply, &extra));
+    }
+}
+
+/// bearer_attempt sends one AUTH with the token as the initial response (RFC 4954 4). A server
+/// that refuses it with an error challenge (RFC 7628 3.2.3; Gmail does this for XOAUTH2 too)
+/// gets the mechanism's acknowledgement, then sends its final reply.
+fn bearer_attempt(
+    wire: &mut Wire,
+    mech: BearerMechanism,
+    user: &str,
+    token: &str,
+    s: &Settings,
+    tr: Transcript<'_>,
+) -> Result<BearerOutcome, ClientError> {
+    let peer = wire.peer.clone();
+    let t = s.command_timeout;
+    let io = |e| wire_error(Stage::Auth, &peer, "AUTH", e);
+    let name = mech.name();
+    let payload = mech.initial_response(user, token);
+    let line = format!("AUTH {name} {payload}");
+    wire.send(&[(&line, &format!("AUTH {name} {MASK}"))], tr)
+        .map_err(io)?;
+    let mut r = wire.read_reply(t, true, tr).map_err(io)?;
+    let mut challenge = None;
+    if r.code == 334 {
+        let text = r.lines.join("");
+        if text.trim().is_empty() {
+            // A server that wants the response after an empty challenge, not on the AUTH line.
+            wire.send(&[(&payload, MASK)], tr).map_err(io)?;
+            r = wire.read_reply(t, true, tr).map_err(io)?;
+        }
+    }
+    if r.code == 334 {
+        challenge = Some(sasl::challenge_text(&r.lines.join("")));
+        let ack = mech.error_ack();
+        wire.send(&[(ack, ack)], tr).map_err(io)?;
+        r = wire.read_reply(t, true, tr).map_err(io)?;
+        if r.code == 334 {
+            // RFC 4954 4: cancel an exchange that does not end.
+            wire.send(&[("*", "*")], tr).map_err(io)?;
+            let _ = wire.read_reply(t, true, tr);
+            return Err(ClientError::new(
+                Stage::Auth,
+                false,
+                format!("{peer}: unexpected AUTH challenge; login cancelled"),
+            ));
+        }
+    }
+    Ok(if r.code == 235 {
+        BearerOutcome::Accepted
+    } else {
+        BearerOutcome::Refused(r, challenge)
+    })
 }
 
 #[cfg(test)]
@@ -1371,6 +1540,8 @@ mod tests {
             tls_config: crate::tls::client_config(true, Some(&certs().ca), None).unwrap(),
             username: None,
             password: None,
+            auth: SmarthostAuth::Auto,
+            bearer: None,
             helo: "relay.test".to_string(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
@@ -2014,6 +2185,237 @@ mod tests {
             assert_eq!((e.stage, e.permanent), (Stage::Auth, true), "{e}");
             assert!(!has(&srv.log(), "AUTH"));
         }
+    }
+
+    /// A token source handing out "tok1", "tok2", ... and recording what it was told.
+    struct Tokens {
+        calls: Mutex<Vec<Option<String>>>,
+        fail: Option<ClientError>,
+    }
+
+    impl BearerSource for Tokens {
+        fn bearer(&self, refused: Option<&str>) -> Result<String, ClientError> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(refused.map(str::to_string));
+            match &self.fail {
+                Some(e) => Err(e.clone()),
+                None => Ok(format!("tok{}", calls.len())),
+            }
+        }
+    }
+
+    fn with_tokens(mut s: Settings, auth: SmarthostAuth) -> (Settings, Arc<Tokens>) {
+        let t = Arc::new(Tokens {
+            calls: Mutex::new(Vec::new()),
+            fail: None,
+        });
+        s.username = Some("box@example.com".to_string());
+        s.auth = auth;
+        s.bearer = Some(t.clone());
+        (s, t)
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    #[test]
+    fn bearer_logins() {
+        let user = "box@example.com";
+        let x = |t: &str| leak(format!("AUTH XOAUTH2 {}", sasl::xoauth2(user, t)));
+        let o = |t: &str| leak(format!("AUTH OAUTHBEARER {}", sasl::oauthbearer(user, t)));
+        let gmail_no = leak(format!(
+            "334 {}",
+            crate::base64::encode(br#"{"status":"401","schemes":"bearer"}"#)
+        ));
+        // (auth, script, token requests (None = first, Some = refused token), Ok or the error's permanence)
+        let cases: Vec<(SmarthostAuth, Vec<Step>, Vec<Option<&str>>, Option<bool>)> = vec![
+            // Microsoft 365 offers LOGIN XOAUTH2: XOAUTH2 with the initial response.
+            (
+                SmarthostAuth::Auto,
+                vec![GREET, C("EHLO"), S("250-s\n250 AUTH LOGIN XOAUTH2"), C(x("tok1")), S("235 2.7.0 ok")],
+                vec![None],
+                None,
+            ),
+            // auto prefers XOAUTH2 when both are offered.
+            (
+                SmarthostAuth::Auto,
+                vec![GREET, C("EHLO"), S("250-s\n250 AUTH OAUTHBEARER XOAUTH2"), C(x("tok1")), S("235 ok")],
+                vec![None],
+                None,
+            ),
+            // OAUTHBEARER when only it is offered, or when forced.
+            (
+                SmarthostAuth::Auto,
+                vec![GREET, C("EHLO"), S("250-s\n250 AUTH PLAIN OAUTHBEARER"), C(o("tok1")), S("235 ok")],
+                vec![None],
+                None,
+            ),
+            (
+                SmarthostAuth::Oauthbearer,
+                vec![GREET, C("EHLO"), S("250-s\n250 AUTH XOAUTH2 OAUTHBEARER"), C(o("tok1")), S("235 ok")],
+                vec![None],
+                None,
+            ),
+            // Microsoft refuses with 535 5.7.3: one fresh token, one more AUTH.
+            (
+                SmarthostAuth::Auto,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH XOAUTH2"),
+                    C(x("tok1")), S("535 5.7.3 Authentication unsuccessful"),
+                    C(x("tok2")), S("235 2.7.0 Authentication successful"),
+                ],
+                vec![None, Some("tok1")],
+                None,
+            ),
+            // ... and no third: refused twice is a login failure (permanent, 5xx).
+            (
+                SmarthostAuth::Auto,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH XOAUTH2"),
+                    C(x("tok1")), S("535 5.7.3 Authentication unsuccessful"),
+                    C(x("tok2")), S("535 5.7.3 Authentication unsuccessful"),
+                    C("QUIT"), S("221 bye"),
+                ],
+                vec![None, Some("tok1")],
+                Some(true),
+            ),
+            // Gmail: a 334 error challenge, the empty response, then 535; then a fresh token.
+            (
+                SmarthostAuth::Auto,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH LOGIN PLAIN XOAUTH2 OAUTHBEARER"),
+                    C(x("tok1")), S(gmail_no), C(""), S("535-5.7.8 Username and Password not accepted\n535 5.7.8 more"),
+                    C(x("tok2")), S("235 2.7.0 Accepted"),
+                ],
+                vec![None, Some("tok1")],
+                None,
+            ),
+            // OAUTHBEARER's error challenge is answered with %x01 (RFC 7628 3.2.3).
+            (
+                SmarthostAuth::Oauthbearer,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH OAUTHBEARER"),
+                    C(o("tok1")), S(gmail_no), C("AQ=="), S("535 5.7.8 no"),
+                    C(o("tok2")), S("235 ok"),
+                ],
+                vec![None, Some("tok1")],
+                None,
+            ),
+            // SMTP AUTH disabled for the mailbox: no fresh token can fix it.
+            (
+                SmarthostAuth::Auto,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH XOAUTH2"),
+                    C(x("tok1")), S("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."),
+                    C("QUIT"), S("221 bye"),
+                ],
+                vec![None],
+                Some(true),
+            ),
+            // A transient refusal is not a bad token.
+            (
+                SmarthostAuth::Auto,
+                vec![
+                    GREET, C("EHLO"), S("250-s\n250 AUTH XOAUTH2"),
+                    C(x("tok1")), S("454 4.7.0 Temporary authentication failure"),
+                    C("QUIT"), S("221 bye"),
+                ],
+                vec![None],
+                Some(false),
+            ),
+            // Forced XOAUTH2 that is not offered; and no bearer mechanism at all.
+            (SmarthostAuth::Xoauth2, vec![GREET, C("EHLO"), S("250-s\n250 AUTH OAUTHBEARER"), C("QUIT"), S("221 bye")], vec![], Some(true)),
+            (SmarthostAuth::Auto, vec![GREET, C("EHLO"), S("250-s\n250 AUTH PLAIN LOGIN"), C("QUIT"), S("221 bye")], vec![], Some(true)),
+        ];
+        for (i, (auth, script, want_calls, want)) in cases.into_iter().enumerate() {
+            let srv = serve(script);
+            let (s, tokens) = with_tokens(settings(&[srv.port], TlsMode::None), auth);
+            let (lines, mut rec) = recorder();
+            let got = Connection::open(&s, Some(&mut *rec));
+            match (&got, want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(permanent)) => {
+                    assert_eq!(
+                        (e.stage, e.permanent),
+                        (Stage::Auth, permanent),
+                        "case {i}: {e}"
+                    )
+                }
+                (Ok(_), Some(_)) => panic!("case {i}: login should fail"),
+                (Err(e), None) => panic!("case {i}: {e}"),
+            }
+            if let Ok(c) = got {
+                c.quit();
+            }
+            let log = srv.log();
+            assert!(!has(&log, "UNEXPECTED"), "case {i}: {log:?}");
+            let calls = tokens.calls.lock().unwrap().clone();
+            let want_calls: Vec<Option<String>> =
+                want_calls.iter().map(|c| c.map(str::to_string)).collect();
+            assert_eq!(calls, want_calls, "case {i}");
+            let t = lines.lock().unwrap().join("\n");
+            assert!(
+                !t.contains("tok1") && !t.contains("tok2"),
+                "case {i}: token in transcript: {t}"
+            );
+            for secret in [sasl::xoauth2(user, "tok1"), sasl::oauthbearer(user, "tok1")] {
+                assert!(!t.contains(&secret), "case {i}: {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn token_source_failure_is_an_auth_error_without_sending_auth() {
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 AUTH XOAUTH2"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let (mut s, _) = with_tokens(settings(&[srv.port], TlsMode::None), SmarthostAuth::Auto);
+        s.bearer = Some(Arc::new(Tokens {
+            calls: Mutex::new(Vec::new()),
+            fail: Some(ClientError::new(Stage::Auth, false, "token endpoint: 503")),
+        }));
+        let e = Connection::open(&s, None).err().unwrap();
+        assert_eq!((e.stage, e.permanent), (Stage::Auth, false), "{e}");
+        assert!(e.message.contains("503"));
+        assert!(!has(&srv.log(), "UNEXPECTED"));
+    }
+
+    #[test]
+    fn forced_password_mechanism() {
+        let plain = leak(format!("AUTH PLAIN {}", sasl::plain("user", "sekret pass")));
+        // auth = login uses LOGIN although PLAIN is offered; auth = plain refuses LOGIN-only servers.
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 AUTH PLAIN LOGIN"),
+            C("AUTH LOGIN"),
+            S("334 VXNlcm5hbWU6"),
+            C("dXNlcg=="),
+            S("334 UGFzc3dvcmQ6"),
+            C("c2VrcmV0IHBhc3M="),
+            S("235 ok"),
+        ]);
+        let mut s = with_auth(settings(&[srv.port], TlsMode::None));
+        s.auth = SmarthostAuth::Login;
+        Connection::open(&s, None).unwrap().quit();
+        assert!(!has(&srv.log(), "UNEXPECTED"));
+        let srv = serve(vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 AUTH LOGIN"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let mut s = with_auth(settings(&[srv.port], TlsMode::None));
+        s.auth = SmarthostAuth::Plain;
+        let e = Connection::open(&s, None).err().unwrap();
+        assert!(e.message.contains("not PLAIN (auth = plain)"), "{e}");
+        assert!(!has(&srv.log(), plain));
     }
 
     #[test]

@@ -58,6 +58,25 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("password_file", ""),
             ("helo", ""), // server.hostname
             ("timeout", "5m"),
+            ("auth", "auto"),
+        ],
+    ),
+    (
+        "oauth",
+        &[
+            ("provider", ""),
+            ("grant", "refresh_token"),
+            ("tenant", "organizations"),
+            ("client_id", ""),
+            ("client_secret", ""),
+            ("client_secret_file", ""),
+            ("token_url", ""),  // from provider
+            ("device_url", ""), // from provider
+            ("auth_url", ""),   // from provider
+            ("scope", ""),      // from provider and grant
+            ("token_file", ""), // oauth-token in queue.dir
+            ("ca_file", ""),
+            ("timeout", "30s"),
         ],
     ),
     (
@@ -110,6 +129,128 @@ pub enum TlsMode {
     /// Plain text.
     None,
 }
+
+/// `[smarthost] auth`: how the relay logs in to the smarthost (RFC 4954).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmarthostAuth {
+    /// XOAUTH2/OAUTHBEARER when `[oauth]` is set, else PLAIN/LOGIN when a username is set.
+    #[default]
+    Auto,
+    /// AUTH PLAIN with the password.
+    Plain,
+    /// AUTH LOGIN with the password.
+    Login,
+    /// SASL XOAUTH2 with an `[oauth]` access token.
+    Xoauth2,
+    /// SASL OAUTHBEARER (RFC 7628) with an `[oauth]` access token.
+    Oauthbearer,
+    /// No AUTH at all.
+    None,
+}
+
+/// `[oauth] provider`: whose endpoints and defaults apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthProvider {
+    /// Microsoft identity platform (Microsoft 365, Outlook.com).
+    Microsoft,
+    /// Google (Gmail, Google Workspace).
+    Google,
+    /// Any other: token_url and scope given in full.
+    Custom,
+}
+
+impl OAuthProvider {
+    /// as_str is the name as written in the ini file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthProvider::Microsoft => "microsoft",
+            OAuthProvider::Google => "google",
+            OAuthProvider::Custom => "custom",
+        }
+    }
+}
+
+/// `[oauth] grant`: where access tokens come from (RFC 6749).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OAuthGrant {
+    /// A refresh token stored by `picorelay oauth login` (RFC 6749 6).
+    #[default]
+    RefreshToken,
+    /// The application's own credentials, no person (RFC 6749 4.4).
+    ClientCredentials,
+}
+
+impl OAuthGrant {
+    /// as_str is the name as written in the ini file (and the grant_type sent).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthGrant::RefreshToken => "refresh_token",
+            OAuthGrant::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// `[oauth]`: how access tokens for the smarthost login are obtained. Every endpoint is
+/// resolved here from the provider defaults, so users of it never guess.
+#[derive(Clone, PartialEq)]
+pub struct OAuth {
+    /// Whose defaults apply.
+    pub provider: OAuthProvider,
+    /// Refresh token or client credentials.
+    pub grant: OAuthGrant,
+    /// The application (client) id.
+    pub client_id: String,
+    /// `client_secret` as written; never printed.
+    pub client_secret: Option<String>,
+    /// `client_secret_file`: read only when a token is requested (never by `sendmail`).
+    pub client_secret_file: Option<PathBuf>,
+    /// Token endpoint (https).
+    pub token_url: String,
+    /// Device authorization endpoint (RFC 8628), for `oauth login` with microsoft/custom.
+    pub device_url: Option<String>,
+    /// Authorization endpoint, for `oauth login` with google (PKCE).
+    pub auth_url: Option<String>,
+    /// Space-separated scopes asked for.
+    pub scope: String,
+    /// Where the refresh token is kept.
+    pub token_file: PathBuf,
+    /// CA bundle for the token endpoints instead of the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Whole-request deadline for one token endpoint exchange.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuth")
+            .field("provider", &self.provider)
+            .field("grant", &self.grant)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "********"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("token_url", &self.token_url)
+            .field("device_url", &self.device_url)
+            .field("auth_url", &self.auth_url)
+            .field("scope", &self.scope)
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Microsoft identity platform endpoints for a tenant (id, domain, organizations, consumers, common).
+const MICROSOFT_BASE: &str = "https://login.microsoftonline.com/";
+/// Delegated scope for a user mailbox; offline_access asks for a refresh token.
+const MICROSOFT_DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
+/// App-only scope: the application permission SMTP.SendAsApp granted by an admin.
+const MICROSOFT_APP_SCOPE: &str = "https://outlook.office365.com/.default";
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+const GOOGLE_AUTH_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+const GOOGLE_SCOPE: &str = "https://mail.google.com/";
 
 /// Where bounces go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -250,6 +391,8 @@ pub struct Smarthost {
     /// How long to wait for each smarthost reply (RFC 5321 4.5.3.2: 5 minutes); the reply to
     /// the final dot gets twice as long (4.5.3.2.6: 10 minutes).
     pub timeout: Duration,
+    /// Which SASL mechanism logs in.
+    pub auth: SmarthostAuth,
 }
 
 impl fmt::Debug for Smarthost {
@@ -265,6 +408,7 @@ impl fmt::Debug for Smarthost {
             .field("password", &self.password.as_ref().map(|_| "********"))
             .field("helo", &self.helo)
             .field("timeout", &self.timeout)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -315,6 +459,8 @@ pub struct Config {
     pub users: BTreeMap<String, String>,
     /// `[smarthost]`.
     pub smarthost: Smarthost,
+    /// `[oauth]`; None when no provider is set.
+    pub oauth: Option<OAuth>,
     /// `[queue]`.
     pub queue: Queue,
     /// `[aliases]`: lowercased local name or "*" -> address.
@@ -340,6 +486,7 @@ impl fmt::Debug for Config {
             .field("server", &self.server)
             .field("users", &users)
             .field("smarthost", &self.smarthost)
+            .field("oauth", &self.oauth)
             .field("queue", &self.queue)
             .field("aliases", &self.aliases)
             .field("rewrite", &self.rewrite)
@@ -402,10 +549,17 @@ impl Config {
     pub fn check_resources(&self) -> Vec<String> {
         let file = self.path.display().to_string();
         let mut out = Vec::new();
+        let oauth = self.oauth.as_ref();
         let readable = [
             ("server", "tls_cert", &self.server.tls_cert),
             ("server", "tls_key", &self.server.tls_key),
             ("smarthost", "ca_file", &self.smarthost.ca_file),
+            ("oauth", "ca_file", &oauth.and_then(|o| o.ca_file.clone())),
+            (
+                "oauth",
+                "client_secret_file",
+                &oauth.and_then(|o| o.client_secret_file.clone()),
+            ),
         ];
         for (sec, key, path) in readable {
             let Some(path) = path else { continue };
@@ -443,6 +597,15 @@ impl Config {
                 "{}: [smarthost] host: not set: hold mode, every message stays in the queue",
                 self.path.display()
             ));
+        }
+        if let Some(o) = self.oauth.as_ref() {
+            if o.grant == OAuthGrant::RefreshToken && !o.token_file.exists() {
+                out.push(format!(
+                    "{}: [oauth] token_file: {}: no refresh token stored yet: run picorelay oauth login",
+                    self.path.display(),
+                    o.token_file.display()
+                ));
+            }
         }
         out
     }
@@ -497,9 +660,23 @@ impl Config {
             } else {
                 ", certificate verified against the web PKI roots".to_string()
             };
-            let auth = match &h.username {
-                Some(u) => format!(", auth as {u}"),
-                None => ", no auth".to_string(),
+            let auth = match (&h.username, &self.oauth) {
+                (Some(_), _) if h.auth == SmarthostAuth::None => ", no auth".to_string(),
+                (None, _) => ", no auth".to_string(),
+                (Some(u), Some(o))
+                    if matches!(
+                        h.auth,
+                        SmarthostAuth::Auto | SmarthostAuth::Xoauth2 | SmarthostAuth::Oauthbearer
+                    ) =>
+                {
+                    format!(
+                        ", auth as {u} with {} OAuth tokens ({} grant, from {})",
+                        o.provider.as_str(),
+                        o.grant.as_str(),
+                        o.token_url
+                    )
+                }
+                (Some(u), _) => format!(", auth as {u}"),
             };
             out.push(format!(
                 "smarthost {hosts} ({tls}{verify}{auth}), helo {}",
@@ -1190,26 +1367,20 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         },
         (None, None) => None,
     };
+    let sh_auth = l.val(sh, "auth", |s| match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(SmarthostAuth::Auto),
+        "plain" => Ok(SmarthostAuth::Plain),
+        "login" => Ok(SmarthostAuth::Login),
+        "xoauth2" => Ok(SmarthostAuth::Xoauth2),
+        "oauthbearer" => Ok(SmarthostAuth::Oauthbearer),
+        "none" => Ok(SmarthostAuth::None),
+        _ => Err(format!(
+            "\"{s}\" is not one of auto, plain, login, xoauth2, oauthbearer, none"
+        )),
+    });
     let password_given =
         l.written(sh, "password").is_some_and(|v| !v.is_empty()) || password_file.is_some();
-    if username.is_some() && !password_given {
-        l.err(
-            sh,
-            "password",
-            "missing: username is set (set password or password_file)",
-        );
-    }
-    if username.is_none() && password_given {
-        l.err(sh, "username", "missing: a password is set");
-    }
     if tls == TlsMode::None {
-        if username.is_some() {
-            l.warn(
-                sh,
-                "tls",
-                "none: the password is sent to the smarthost unencrypted",
-            );
-        }
         if tls_fingerprint.is_some() || ca_file.is_some() {
             l.warn(sh, "tls", "none: ca_file and tls_fingerprint are ignored");
         }
@@ -1245,6 +1416,38 @@ fn build(l: &mut Loader, path: &Path) -> Config {
                 fmt_duration(retry_min),
                 fmt_duration(retry_max)
             ),
+        );
+    }
+
+    let oauth = build_oauth(l, &dir);
+    let uses_oauth = match sh_auth {
+        SmarthostAuth::Xoauth2 | SmarthostAuth::Oauthbearer => true,
+        // A misspelt provider is reported once, not again as a missing password.
+        SmarthostAuth::Auto => {
+            oauth.is_some()
+                || l.written("oauth", "provider")
+                    .is_some_and(|v| !v.is_empty())
+        }
+        _ => false,
+    };
+    check_smarthost_login(l, sh_auth, uses_oauth, username.is_some(), password_given);
+    if oauth.is_some() && !uses_oauth {
+        l.warn(
+            "oauth",
+            "provider",
+            "set, but [smarthost] auth does not use it (auth = auto, xoauth2 or oauthbearer does)",
+        );
+    }
+    if tls == TlsMode::None && username.is_some() && sh_auth != SmarthostAuth::None {
+        let what = if uses_oauth {
+            "access token"
+        } else {
+            "password"
+        };
+        l.warn(
+            "smarthost",
+            "tls",
+            format!("none: the {what} is sent to the smarthost unencrypted"),
         );
     }
 
@@ -1317,7 +1520,9 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             password,
             helo,
             timeout: sh_timeout,
+            auth: sh_auth,
         },
+        oauth,
         queue: Queue {
             dir,
             retry_min,
@@ -1334,6 +1539,271 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         },
         warnings: std::mem::take(&mut l.warnings),
     }
+}
+
+/// check_smarthost_login checks that the credentials `[smarthost] auth` needs are there.
+fn check_smarthost_login(
+    l: &mut Loader,
+    auth: SmarthostAuth,
+    uses_oauth: bool,
+    username: bool,
+    password: bool,
+) {
+    let sh = "smarthost";
+    let named = l.text(sh, "auth").to_ascii_lowercase();
+    if matches!(auth, SmarthostAuth::Xoauth2 | SmarthostAuth::Oauthbearer)
+        && l.written("oauth", "provider").map_or(true, str::is_empty)
+    {
+        l.err(
+            sh,
+            "auth",
+            format!(
+                "{named} needs an [oauth] section with a provider (microsoft, google or custom)"
+            ),
+        );
+        return;
+    }
+    if uses_oauth {
+        if !username {
+            l.err(
+                sh,
+                "username",
+                "missing: [oauth] logs in as this mailbox (the address the token is for)",
+            );
+        }
+        if password {
+            l.warn(
+                sh,
+                "password",
+                "ignored: the login uses [oauth] access tokens",
+            );
+        }
+        return;
+    }
+    match auth {
+        SmarthostAuth::None => {
+            if username || password {
+                l.warn(sh, "auth", "none: username and password are not used");
+            }
+        }
+        SmarthostAuth::Plain | SmarthostAuth::Login if !username => l.err(
+            sh,
+            "username",
+            format!("missing: auth = {named} needs username and password"),
+        ),
+        _ => {
+            if username && !password {
+                l.err(
+                    sh,
+                    "password",
+                    "missing: username is set (set password or password_file)",
+                );
+            }
+            if !username && password {
+                l.err(sh, "username", "missing: a password is set");
+            }
+        }
+    }
+}
+
+/// build_oauth reads `[oauth]`: None when no provider is set (then no other key may be).
+/// Endpoints and scope fall back to the provider's defaults, so they are complete here.
+fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
+    let o = "oauth";
+    let provider = l.val(o, "provider", |s| match s.to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "microsoft" => Ok(Some(OAuthProvider::Microsoft)),
+        "google" => Ok(Some(OAuthProvider::Google)),
+        "custom" => Ok(Some(OAuthProvider::Custom)),
+        _ => Err(format!("\"{s}\" is not one of microsoft, google, custom")),
+    });
+    let Some(provider) = provider else {
+        if l.written(o, "provider").map_or(true, str::is_empty) {
+            let stray: Vec<&str> = schema_keys(o)
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| {
+                    *k != "provider"
+                        && l.written(o, k)
+                            .is_some_and(|v| !v.is_empty() && v != default_of(o, k))
+                })
+                .collect();
+            for key in stray {
+                l.err(
+                    o,
+                    key,
+                    "set, but [oauth] provider is not (microsoft, google or custom)",
+                );
+            }
+        }
+        return None;
+    };
+    let grant = l.val(o, "grant", |s| match s.to_ascii_lowercase().as_str() {
+        "refresh_token" => Ok(OAuthGrant::RefreshToken),
+        "client_credentials" => Ok(OAuthGrant::ClientCredentials),
+        _ => Err(format!(
+            "\"{s}\" is not one of refresh_token, client_credentials"
+        )),
+    });
+    let tenant = l.val(o, "tenant", |s| {
+        if !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "\"{s}\" is not a tenant id or domain (or organizations, consumers, common)"
+            ))
+        }
+    });
+    let client_id = l.val(o, "client_id", |s| {
+        if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            Err("must not contain spaces or control characters".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    });
+    if client_id.is_empty() {
+        l.err(
+            o,
+            "client_id",
+            "missing: the application (client) id of your app registration",
+        );
+    }
+    let client_secret = l.val(o, "client_secret", |s| {
+        Ok((!s.is_empty()).then(|| s.to_string()))
+    });
+    let client_secret_file = l.val(o, "client_secret_file", opt_path);
+    if client_secret.is_some() && client_secret_file.is_some() {
+        l.err(
+            o,
+            "client_secret_file",
+            "set together with client_secret (use one of them)",
+        );
+    }
+    let secret_given = client_secret.is_some() || client_secret_file.is_some();
+    let url = |s: &str| opt(s, https_url);
+    let token_url = l.val(o, "token_url", url);
+    let device_url = l.val(o, "device_url", url);
+    let auth_url = l.val(o, "auth_url", url);
+    let scope = l.val(o, "scope", |s| {
+        if s.bytes().any(|b| b < b' ' || b == 0x7f) {
+            Err("must not contain control characters".to_string())
+        } else {
+            Ok(s.split_ascii_whitespace().collect::<Vec<_>>().join(" "))
+        }
+    });
+    let token_file = l
+        .val(o, "token_file", opt_path)
+        .unwrap_or_else(|| queue_dir.join("oauth-token"));
+    let ca_file = l.val(o, "ca_file", opt_path);
+    let timeout = l.val(o, "timeout", duration_positive);
+
+    let ms = |tail: &str| format!("{MICROSOFT_BASE}{tenant}/oauth2/v2.0/{tail}");
+    let (token_default, device_default, auth_default, scope_default) = match (provider, grant) {
+        (OAuthProvider::Microsoft, g) => (
+            Some(ms("token")),
+            Some(ms("devicecode")),
+            None,
+            Some(match g {
+                OAuthGrant::RefreshToken => MICROSOFT_DELEGATED_SCOPE,
+                OAuthGrant::ClientCredentials => MICROSOFT_APP_SCOPE,
+            }),
+        ),
+        (OAuthProvider::Google, _) => (
+            Some(GOOGLE_TOKEN_URL.to_string()),
+            None,
+            Some(GOOGLE_AUTH_URL.to_string()),
+            Some(GOOGLE_SCOPE),
+        ),
+        (OAuthProvider::Custom, _) => (None, None, None, None),
+    };
+    let token_url = match token_url.or(token_default) {
+        Some(u) => u,
+        None => {
+            l.err(
+                o,
+                "token_url",
+                "missing: provider = custom needs the token endpoint",
+            );
+            String::new()
+        }
+    };
+    let scope = match (scope.is_empty(), scope_default) {
+        (false, _) => scope,
+        (true, Some(d)) => d.to_string(),
+        (true, None) => {
+            l.err(
+                o,
+                "scope",
+                "missing: provider = custom needs the scope to ask for",
+            );
+            String::new()
+        }
+    };
+    match (provider, grant) {
+        (OAuthProvider::Google, OAuthGrant::ClientCredentials) => l.err(
+            o,
+            "grant",
+            "client_credentials: Gmail has no app-only SMTP login; use refresh_token (picorelay oauth login)",
+        ),
+        (_, OAuthGrant::ClientCredentials) if !secret_given => l.err(
+            o,
+            "client_secret",
+            "missing: grant = client_credentials needs client_secret or client_secret_file",
+        ),
+        // Google's token endpoint refuses a "Desktop app" client without its secret (which,
+        // for that kind of client, Google does not treat as confidential).
+        (OAuthProvider::Google, _) if !secret_given => l.err(
+            o,
+            "client_secret",
+            "missing: Google needs the client secret of the \"Desktop app\" OAuth client",
+        ),
+        _ => {}
+    }
+    for (key, path) in [
+        ("client_secret_file", client_secret_file.as_deref()),
+        ("token_file", Some(token_file.as_path())),
+    ] {
+        if let Some((path, mode)) = path.and_then(|p| open_to_others(p).map(|m| (p, m))) {
+            l.warn(
+                o,
+                key,
+                format!(
+                    "{} is readable or writable by other users (mode {mode:04o}): run chmod o-rwx on it",
+                    path.display()
+                ),
+            );
+        }
+    }
+    Some(OAuth {
+        provider,
+        grant,
+        client_id,
+        client_secret,
+        client_secret_file,
+        token_url,
+        device_url: device_url.or(device_default),
+        auth_url: auth_url.or(auth_default),
+        scope,
+        token_file,
+        ca_file,
+        timeout,
+    })
+}
+
+/// https_url accepts an absolute https URL with a host: the full parse happens where it is
+/// used (the OAuth HTTP client); this catches typos and plain http at load time.
+fn https_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("https://").ok_or_else(|| {
+        format!("\"{s}\" is not an https:// address (tokens never go over plain http)")
+    })?;
+    let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if host_end == 0 || s.bytes().any(|b| b <= b' ' || b == 0x7f) || s.contains('#') {
+        return Err(format!("\"{s}\" is not a valid https:// address"));
+    }
+    Ok(s.to_string())
 }
 
 /// Plain decimal digits only: no sign, no spaces, no underscores.
@@ -1829,6 +2299,66 @@ mod tests {
                 "picorelay.ini: [smarthost] password_file: /nonexistent/picorelay/pw: cannot read: no such file",
             ),
             (
+                "[smarthost]\nauth = kerberos",
+                r#"picorelay.ini: [smarthost] auth: "kerberos" is not one of auto, plain, login, xoauth2, oauthbearer, none"#,
+            ),
+            (
+                "[smarthost]\nauth = xoauth2\nusername = u",
+                "picorelay.ini: [smarthost] auth: xoauth2 needs an [oauth] section with a provider (microsoft, google or custom)",
+            ),
+            (
+                "[smarthost]\nauth = plain",
+                "picorelay.ini: [smarthost] username: missing: auth = plain needs username and password",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = azure\nclient_id = c",
+                r#"picorelay.ini: [oauth] provider: "azure" is not one of microsoft, google, custom"#,
+            ),
+            (
+                "[oauth]\nclient_id = c",
+                "picorelay.ini: [oauth] client_id: set, but [oauth] provider is not (microsoft, google or custom)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft",
+                "picorelay.ini: [oauth] client_id: missing: the application (client) id of your app registration",
+            ),
+            (
+                "[oauth]\nprovider = microsoft\nclient_id = c",
+                "picorelay.ini: [smarthost] username: missing: [oauth] logs in as this mailbox (the address the token is for)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = custom\nclient_id = c\nscope = s",
+                "picorelay.ini: [oauth] token_url: missing: provider = custom needs the token endpoint",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = custom\nclient_id = c\ntoken_url = https://idp/t",
+                "picorelay.ini: [oauth] scope: missing: provider = custom needs the scope to ask for",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials",
+                "picorelay.ini: [oauth] client_secret: missing: grant = client_credentials needs client_secret or client_secret_file",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = google\nclient_id = c",
+                r#"picorelay.ini: [oauth] client_secret: missing: Google needs the client secret of the "Desktop app" OAuth client"#,
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = google\nclient_id = c\nclient_secret = s\ngrant = client_credentials",
+                "picorelay.ini: [oauth] grant: client_credentials: Gmail has no app-only SMTP login; use refresh_token (picorelay oauth login)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ntoken_url = http://idp/token",
+                r#"picorelay.ini: [oauth] token_url: "http://idp/token" is not an https:// address (tokens never go over plain http)"#,
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ntenant = a/b",
+                r#"picorelay.ini: [oauth] tenant: "a/b" is not a tenant id or domain (or organizations, consumers, common)"#,
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\nclient_secret = s\nclient_secret_file = /x",
+                "picorelay.ini: [oauth] client_secret_file: set together with client_secret (use one of them)",
+            ),
+            (
                 "[smarthost]\nhelo = a_b c",
                 r#"picorelay.ini: [smarthost] helo: "a_b c" is not a host name (letters, digits, - and . like mail.example.com)"#,
             ),
@@ -1878,7 +2408,7 @@ mod tests {
             ),
             (
                 "[mail]\nx = 1",
-                "picorelay.ini: [mail]: unknown section (line 1); sections are [server] [users] [smarthost] [queue] [aliases] [rewrite] [log]",
+                "picorelay.ini: [mail]: unknown section (line 1); sections are [server] [users] [smarthost] [oauth] [queue] [aliases] [rewrite] [log]",
             ),
             ("[server]\nfoo = 1", &unknown_key),
             ("[server]\njust text", r#"picorelay.ini: line 2: "just text" is neither key = value nor [section]"#),
@@ -1906,7 +2436,7 @@ mod tests {
         assert_eq!(
             errors(text),
             vec![
-                "picorelay.ini: [nope]: unknown section (line 6); sections are [server] [users] [smarthost] [queue] [aliases] [rewrite] [log]",
+                "picorelay.ini: [nope]: unknown section (line 6); sections are [server] [users] [smarthost] [oauth] [queue] [aliases] [rewrite] [log]",
                 r#"picorelay.ini: [server] workers: "abc" is not a number (1..1024)"#,
                 r#"picorelay.ini: [server] auth: "never" is not one of off, optional, required"#,
                 r#"picorelay.ini: [smarthost] port: "x" is not a number (1..65535)"#,
@@ -2426,6 +2956,60 @@ file = /var/log/picorelay.log
         for (n, want) in sizes_fmt {
             assert_eq!(fmt_size(*n), *want);
         }
+    }
+
+    #[test]
+    fn oauth_defaults_come_from_provider_and_grant() {
+        let c = good("[smarthost]\nusername = m@example.com\n[oauth]\nprovider = microsoft\nclient_id = c\ntenant = contoso.onmicrosoft.com");
+        let o = c.oauth.expect("oauth");
+        assert_eq!(
+            o.token_url,
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            o.device_url.as_deref(),
+            Some(
+                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+            )
+        );
+        assert_eq!(
+            o.scope,
+            "https://outlook.office.com/SMTP.Send offline_access"
+        );
+        assert_eq!(
+            o.token_file,
+            PathBuf::from("/var/spool/picorelay/oauth-token")
+        );
+        assert_eq!(o.timeout, Duration::from_secs(30));
+        let c = good("[smarthost]\nusername = m@example.com\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s");
+        assert_eq!(
+            c.oauth.unwrap().scope,
+            "https://outlook.office365.com/.default"
+        );
+        let c = good("[smarthost]\nusername = m@gmail.com\n[oauth]\nprovider = google\nclient_id = c\nclient_secret = s");
+        let o = c.oauth.unwrap();
+        assert_eq!(o.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(
+            o.auth_url.as_deref(),
+            Some("https://accounts.google.com/o/oauth2/v2/auth")
+        );
+        assert_eq!(o.scope, "https://mail.google.com/");
+        // A password beside [oauth] is not needed, and is said to be unused.
+        let c = good(
+            "[smarthost]\nusername = u\npassword = p\n[oauth]\nprovider = microsoft\nclient_id = c",
+        );
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("[smarthost] password: ignored")));
+        // Nothing secret in the summary or Debug.
+        let c = good("[smarthost]\nhost = h\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.summary().join("\n").contains("hunter2"));
+        assert!(c
+            .summary()
+            .join("\n")
+            .contains("microsoft OAuth tokens (client_credentials grant"));
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub fn settings(cfg: &Config) -> Result<Settings, String> {
         tls_config,
         username: sh.username.clone(),
         password: sh.password.clone(),
+        auth: sh.auth,
+        bearer: None,
         helo: sh.helo.clone(),
         connect_timeout: CONNECT_TIMEOUT,
         // RFC 5321 4.5.3.2.1-4.5.3.2.3: greeting, MAIL, RCPT: `[smarthost] timeout`, 5 minutes.

@@ -4,3 +4,4 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod sasl;
