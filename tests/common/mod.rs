@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod idp;
+pub mod json;
 pub mod smarthost;
 
 use std::io::{BufRead, BufReader, Read, Write};

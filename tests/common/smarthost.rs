@@ -1,6 +1,8 @@
 //! A scripted smarthost for the delivery tests: plain TCP on 127.0.0.1:0, optional STARTTLS or
 //! implicit TLS (test certificates made with openssl), optional AUTH, a chosen reply for any
-//! command, and a record of every connection, command and accepted transaction.
+//! command, and a record of every connection, command and accepted transaction. With
+//! `with_oauth` it also takes AUTH XOAUTH2 / OAUTHBEARER (RFC 7628) bearer tokens, checked by a
+//! validator (the scripted IdP's), and refuses them the way Microsoft 365 or Gmail do.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::certs::certs;
+use super::idp::Validator;
 use super::wait_for;
 
 /// A self-signed leaf for localhost / 127.0.0.1 (what a LAN relay often has), made once per
@@ -60,7 +63,7 @@ pub fn self_signed() -> &'static SelfSigned {
     })
 }
 
-fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+pub fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<_, _>>()
@@ -86,7 +89,33 @@ pub struct Opts {
     pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
     /// Offer AUTH PLAIN LOGIN (any credentials accepted unless a rule says otherwise).
     pub auth: bool,
+    /// Offer these OAuth SASL mechanisms and check bearer tokens (replaces `auth`'s line).
+    pub oauth: Option<OAuthOpts>,
 }
+
+/// How a refused bearer token is answered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Refusal {
+    /// smtp.office365.com: `535 5.7.3 Authentication unsuccessful`, no challenge.
+    Microsoft,
+    /// smtp.gmail.com: `334 <base64 JSON status 401>`, the client answers with an empty line
+    /// (XOAUTH2) or `AQ==` / empty (OAUTHBEARER), then `535-5.7.8`.
+    Gmail,
+}
+
+/// The OAuth side of the sink.
+#[derive(Clone)]
+pub struct OAuthOpts {
+    /// What follows "AUTH " in the EHLO reply, e.g. "LOGIN XOAUTH2".
+    pub mechs: String,
+    pub refusal: Refusal,
+    pub validator: Validator,
+}
+
+/// What Microsoft 365 offers after STARTTLS.
+pub const MICROSOFT_MECHS: &str = "LOGIN XOAUTH2";
+/// What smtp.gmail.com offers after STARTTLS.
+pub const GMAIL_MECHS: &str = "LOGIN PLAIN XOAUTH2 PLAIN-CLIENTTOKEN OAUTHBEARER XOAUTH";
 
 impl Opts {
     pub fn plain() -> Opts {
@@ -120,6 +149,44 @@ impl Opts {
         self.auth = true;
         self
     }
+    /// with_oauth offers `mechs` (the AUTH line; PLAIN/LOGIN in it take any password) and
+    /// checks bearer tokens with `validator`, refusing in the `refusal` style.
+    pub fn with_oauth(mut self, mechs: &str, refusal: Refusal, validator: Validator) -> Opts {
+        self.oauth = Some(OAuthOpts {
+            mechs: mechs.to_string(),
+            refusal,
+            validator,
+        });
+        self
+    }
+    /// microsoft: STARTTLS (test CA), then `AUTH LOGIN XOAUTH2`, refusing with 535 5.7.3.
+    pub fn microsoft(validator: Validator) -> Opts {
+        Opts::starttls().with_oauth(MICROSOFT_MECHS, Refusal::Microsoft, validator)
+    }
+    /// gmail: STARTTLS (test CA), then Gmail's AUTH line, refusing with the 334 challenge.
+    pub fn gmail(validator: Validator) -> Opts {
+        Opts::starttls().with_oauth(GMAIL_MECHS, Refusal::Gmail, validator)
+    }
+}
+
+/// One AUTH command and how it ended.
+#[derive(Clone, Debug)]
+pub struct AuthAttempt {
+    /// Connection number (1-based).
+    pub conn: usize,
+    /// The mechanism, upper case.
+    pub mech: String,
+    /// The user the client named ("" when it could not be decoded).
+    pub user: String,
+    /// The bearer token (or the password for PLAIN/LOGIN).
+    pub token: String,
+    pub accepted: bool,
+    /// The client's answer to a Gmail-style 334 challenge, when one was sent.
+    pub challenge_response: Option<String>,
+    /// The base64 payloads the client sent (initial response), to check they are never printed.
+    pub payloads: Vec<String>,
+    /// Why the payload was malformed, when it was.
+    pub malformed: Option<String>,
 }
 
 /// One accepted transaction.
@@ -164,6 +231,11 @@ struct State {
     accepted: Vec<Instant>,
     /// AUTH commands seen, per connection.
     auth_attempts: Vec<usize>,
+    /// Every AUTH exchange, in order.
+    auth_log: Vec<AuthAttempt>,
+    /// A handle on each connection's socket (to hang up on it) and whether it has ended.
+    sockets: Vec<Option<TcpStream>>,
+    closed: Vec<bool>,
 }
 
 /// The running sink.
@@ -185,11 +257,16 @@ impl Sink {
                     let mut s = st.lock().unwrap();
                     s.accepted.push(Instant::now());
                     s.auth_attempts.push(0);
+                    s.sockets.push(stream.try_clone().ok());
+                    s.closed.push(false);
                     s.accepted.len()
                 };
                 let (st, opts) = (Arc::clone(&st), opts.clone());
                 std::thread::spawn(move || {
-                    let _ = Session::run(stream, n, st, opts);
+                    let _ = Session::run(stream, n, Arc::clone(&st), opts);
+                    let mut s = st.lock().unwrap();
+                    s.closed[n - 1] = true;
+                    s.sockets[n - 1] = None;
                 });
             }
         });
@@ -261,6 +338,33 @@ impl Sink {
     /// AUTH commands per connection (index 0 = connection 1).
     pub fn auth_attempts(&self) -> Vec<usize> {
         self.state.lock().unwrap().auth_attempts.clone()
+    }
+
+    /// Every AUTH exchange, in order.
+    pub fn auth_log(&self) -> Vec<AuthAttempt> {
+        self.state.lock().unwrap().auth_log.clone()
+    }
+
+    /// Connections not yet ended.
+    pub fn open_connections(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .closed
+            .iter()
+            .filter(|c| !**c)
+            .count()
+    }
+
+    /// hang_up closes every open connection (as a smarthost does with idle clients) and
+    /// waits until their sessions have ended, so the next message needs a new connection.
+    pub fn hang_up(&self) {
+        for s in self.state.lock().unwrap().sockets.iter().flatten() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        wait_for("the smarthost's sessions to end", || {
+            self.open_connections() == 0
+        });
     }
 }
 
@@ -473,8 +577,17 @@ impl Session {
                     if self.opts.starttls.is_some() && !self.tls() {
                         ext.push("STARTTLS");
                     }
-                    if self.opts.auth {
-                        ext.push("AUTH PLAIN LOGIN");
+                    let oauth_line = self
+                        .opts
+                        .oauth
+                        .as_ref()
+                        .map(|o| format!("AUTH {}", o.mechs));
+                    match &oauth_line {
+                        // Like Microsoft 365 and Gmail: AUTH only once the session is private.
+                        Some(l) if self.tls() || self.opts.starttls.is_none() => ext.push(l),
+                        Some(_) => {}
+                        None if self.opts.auth => ext.push("AUTH PLAIN LOGIN"),
+                        None => {}
                     }
                     let default = ext
                         .iter()
@@ -524,6 +637,8 @@ impl Session {
                     self.st.lock().unwrap().auth_attempts[self.n - 1] += 1;
                     if let Some(r) = self.rule(&line) {
                         self.send(&r)
+                    } else if self.opts.oauth.is_some() {
+                        self.oauth_exchange(&line)
                     } else {
                         self.auth_exchange(&line)
                     }
@@ -674,6 +789,172 @@ impl Session {
             None => self.send("501 5.5.4 bad AUTH"),
         }
     }
+}
+
+impl Session {
+    /// oauth_exchange answers AUTH when the sink speaks OAuth: the offered mechanisms only;
+    /// XOAUTH2 and OAUTHBEARER checked by the validator; PLAIN/LOGIN take any password.
+    fn oauth_exchange(&mut self, line: &str) -> bool {
+        let o = self.opts.oauth.clone().expect("oauth opts");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mech = words
+            .get(1)
+            .map(|m| m.to_ascii_uppercase())
+            .unwrap_or_default();
+        let offered = o
+            .mechs
+            .split_whitespace()
+            .any(|m| m.eq_ignore_ascii_case(&mech));
+        let mut attempt = AuthAttempt {
+            conn: self.n,
+            mech: mech.clone(),
+            user: String::new(),
+            token: String::new(),
+            accepted: false,
+            challenge_response: None,
+            payloads: Vec::new(),
+            malformed: None,
+        };
+        if !offered {
+            attempt.malformed = Some(format!("{mech} not offered"));
+            self.st.lock().unwrap().auth_log.push(attempt);
+            return self.send("504 5.7.4 Unrecognized authentication type");
+        }
+        if mech == "PLAIN" || mech == "LOGIN" {
+            let ok = self.auth_exchange(line);
+            if let Some((u, p)) = self.auth.clone() {
+                attempt.user = u;
+                attempt.token = p;
+                attempt.accepted = true;
+            }
+            self.st.lock().unwrap().auth_log.push(attempt);
+            return ok;
+        }
+        if mech != "XOAUTH2" && mech != "OAUTHBEARER" {
+            self.st.lock().unwrap().auth_log.push(attempt);
+            return self.send("504 5.7.4 Unrecognized authentication type");
+        }
+        let payload = match words.get(2) {
+            Some(p) => p.to_string(),
+            None => {
+                if !self.send("334 ") {
+                    return false;
+                }
+                let Some(p) = self.read_line() else {
+                    return false;
+                };
+                p
+            }
+        };
+        attempt.payloads.push(payload.clone());
+        let parsed = b64decode(&payload)
+            .ok_or_else(|| "not base64".to_string())
+            .and_then(|raw| {
+                if mech == "XOAUTH2" {
+                    parse_xoauth2(&raw)
+                } else {
+                    parse_oauthbearer(&raw)
+                }
+            });
+        let good = match parsed {
+            Ok((user, token)) => {
+                let good = (o.validator)(&user, &token);
+                attempt.user = user;
+                attempt.token = token;
+                good
+            }
+            Err(why) => {
+                attempt.malformed = Some(why);
+                false
+            }
+        };
+        if good {
+            attempt.accepted = true;
+            self.auth = Some((attempt.user.clone(), attempt.token.clone()));
+            self.st.lock().unwrap().auth_log.push(attempt);
+            return self.send("235 2.7.0 Authentication successful");
+        }
+        // The attempt is on record before the final reply, so a client that has read the
+        // reply sees it counted.
+        if o.refusal == Refusal::Microsoft {
+            self.st.lock().unwrap().auth_log.push(attempt);
+            return self.send(
+                "535 5.7.3 Authentication unsuccessful [SN4PR0201CA0046.namprd02.prod.outlook.com]",
+            );
+        }
+        let json = r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#;
+        if !self.send(&format!("334 {}", super::b64(json.as_bytes()))) {
+            return false;
+        }
+        attempt.challenge_response = self.read_line();
+        let gone = attempt.challenge_response.is_none();
+        self.st.lock().unwrap().auth_log.push(attempt);
+        !gone
+            && self.send(
+                "535 5.7.8 Username and Password not accepted. For more information, go to\n535 5.7.8  https://support.google.com/mail/?p=BadCredentials x1-20020a.12 - gsmtp",
+            )
+    }
+}
+
+/// parse_xoauth2 reads `user=U\x01auth=Bearer T\x01\x01` into (U, T).
+pub fn parse_xoauth2(raw: &[u8]) -> Result<(String, String), String> {
+    let s = std::str::from_utf8(raw).map_err(|_| "not UTF-8".to_string())?;
+    let body = s
+        .strip_suffix("\x01\x01")
+        .ok_or_else(|| format!("XOAUTH2 payload does not end with ^A^A: {s:?}"))?;
+    let mut parts = body.split('\x01');
+    let user = parts
+        .next()
+        .and_then(|p| p.strip_prefix("user="))
+        .ok_or_else(|| format!("XOAUTH2: no user= first: {s:?}"))?;
+    let token = parts
+        .next()
+        .and_then(|p| p.strip_prefix("auth=Bearer "))
+        .ok_or_else(|| format!("XOAUTH2: no auth=Bearer second: {s:?}"))?;
+    if parts.next().is_some() {
+        return Err(format!("XOAUTH2: extra fields: {s:?}"));
+    }
+    Ok((user.to_string(), token.to_string()))
+}
+
+/// parse_oauthbearer reads RFC 7628 `n,a=U,\x01[host=H\x01][port=P\x01]auth=Bearer T\x01\x01`.
+pub fn parse_oauthbearer(raw: &[u8]) -> Result<(String, String), String> {
+    let s = std::str::from_utf8(raw).map_err(|_| "not UTF-8".to_string())?;
+    let (gs2, rest) = s
+        .split_once('\x01')
+        .ok_or_else(|| format!("OAUTHBEARER: no ^A after the GS2 header: {s:?}"))?;
+    // gs2-header = gs2-cbind-flag "," [ authzid ] "," (RFC 5801 §4); OAUTHBEARER uses "n".
+    let g: Vec<&str> = gs2.split(',').collect();
+    if g.len() != 3 || g[0] != "n" || !g[2].is_empty() {
+        return Err(format!("OAUTHBEARER: bad GS2 header {gs2:?}"));
+    }
+    let user = g[1]
+        .strip_prefix("a=")
+        .ok_or_else(|| format!("OAUTHBEARER: no a=user in {gs2:?}"))?
+        .replace("=2C", ",")
+        .replace("=3D", "=");
+    let body = rest
+        .strip_suffix("\x01\x01")
+        .ok_or_else(|| format!("OAUTHBEARER payload does not end with ^A^A: {s:?}"))?;
+    let mut token = None;
+    for kv in body.split('\x01') {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("OAUTHBEARER: bad kvpair {kv:?}"))?;
+        match k {
+            "auth" => {
+                token = Some(
+                    v.strip_prefix("Bearer ")
+                        .ok_or_else(|| format!("OAUTHBEARER: auth is not Bearer: {v:?}"))?
+                        .to_string(),
+                )
+            }
+            "host" | "port" => {}
+            _ => return Err(format!("OAUTHBEARER: unknown key {k:?}")),
+        }
+    }
+    let token = token.ok_or_else(|| format!("OAUTHBEARER: no auth= in {s:?}"))?;
+    Ok((user, token))
 }
 
 /// path_of splits "MAIL FROM:<a@b> SIZE=1" into ("a@b", "SIZE=1").
