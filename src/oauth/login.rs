@@ -151,10 +151,16 @@ fn token_folder_ready(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Logi
 fn device_flow(o: &OAuth, device_url: &str) -> Result<token::Answer, LoginError> {
     let device = Endpoint::new(device_url, o)?;
     let tokens = Endpoint::new(&o.token_url, o)?;
-    let v = device.post(&[
+    // RFC 8628 3.1: a confidential client authenticates here too.
+    let secret = token::client_secret(o)?;
+    let mut request = vec![
         ("client_id", o.client_id.as_str()),
         ("scope", o.scope.as_str()),
-    ])?;
+    ];
+    if let Some(s) = secret.as_deref() {
+        request.push(("client_secret", s));
+    }
+    let v = device.post(&request)?;
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(device_code), Some(user_code)) = (text("device_code"), text("user_code")) else {
         return Err(LoginError(format!(
@@ -187,13 +193,11 @@ fn device_flow(o: &OAuth, device_url: &str) -> Result<token::Answer, LoginError>
     );
     let _ = std::io::stdout().flush();
     let deadline = Instant::now() + lifetime;
-    let form = [
+    let mut form = vec![
         ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
         ("device_code", device_code.as_str()),
         ("client_id", o.client_id.as_str()),
     ];
-    let secret = token::client_secret(o)?;
-    let mut form = form.to_vec();
     if let Some(s) = secret.as_deref() {
         form.push(("client_secret", s));
     }
@@ -381,8 +385,9 @@ fn browser_listener(listener: TcpListener, tx: mpsc::Sender<Redirect>) {
         };
         match query_of(&target) {
             Some(q) => {
-                let body = "<!doctype html><title>picorelay</title><p>picorelay received the \
-                            answer: you can close this window and go back to the terminal.";
+                let body = "<!doctype html>\n<html><head><title>picorelay</title></head><body>\
+                            <p>picorelay received the answer: you can close this window and go \
+                            back to the terminal.</p></body></html>\n";
                 respond(&mut conn, "200 OK", body);
                 let _ = tx.send(q);
                 return;
