@@ -8,6 +8,7 @@ mod crypt;
 mod delivery;
 mod logging;
 mod message;
+mod oauth;
 mod privilege;
 mod probe;
 mod queue_cmd;
