@@ -62,6 +62,10 @@ pub struct ClientError {
     pub permanent: bool,
     /// "host:port: what happened", with the smarthost's reply when there is one.
     pub message: String,
+    /// What kind of failure it is, stable from one attempt to the next (a reply code and
+    /// enhanced status code, an identity provider's error code; never ids or times): a pause
+    /// is logged again only when this, the stage or the permanence changes. Empty = unnamed.
+    pub kind: String,
 }
 
 impl ClientError {
@@ -70,6 +74,7 @@ impl ClientError {
             stage,
             permanent,
             message: message.into(),
+            kind: String::new(),
         }
     }
 }
@@ -262,7 +267,21 @@ fn wire_error(stage: Stage, peer: &str, what: &str, e: WireError) -> ClientError
 /// Permanence from the reply code: 5xx permanent, anything else (4xx, nonsense) transient.
 fn reply_error(stage: Stage, peer: &str, what: &str, r: &Reply) -> ClientError {
     let permanent = (500..600).contains(&r.code);
-    ClientError::new(stage, permanent, format!("{peer}: {what}: {}", r.text()))
+    let mut e = ClientError::new(stage, permanent, format!("{peer}: {what}: {}", r.text()));
+    e.kind = reply_kind(r);
+    e
+}
+
+/// reply_kind is the code and, when the reply has one, its enhanced status code (RFC 3463):
+/// "535 5.7.3".
+fn reply_kind(r: &Reply) -> String {
+    let first = r.lines.first().and_then(|l| l.split_whitespace().next());
+    match first
+        .filter(|w| w.split('.').count() == 3 && w.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    {
+        Some(enhanced) => format!("{} {enhanced}", r.code),
+        None => r.code.to_string(),
+    }
 }
 
 /// Where `Connection::set_transcript` sends the lines of later commands.

@@ -293,9 +293,11 @@ struct Pause {
     /// How many failed attempts in a row: the backoff exponent.
     level: u32,
     stage: Stage,
-    /// Whether a person must act (a refused login or token): with the stage, what a change
-    /// of state is, worth a log line.
+    /// Whether a person must act (a refused login or token): with the stage and the kind,
+    /// what a change of state is, worth a log line.
     permanent: bool,
+    /// `ClientError::kind` of the failure.
+    kind: String,
     reason: String,
 }
 
@@ -964,6 +966,7 @@ impl Shared {
                     stage: Stage::Tls,
                     permanent: false,
                     message: e,
+                    kind: "settings".to_string(),
                 }),
             };
             match opened {
@@ -1062,7 +1065,10 @@ impl Shared {
             return;
         }
         let (level, before) = match &w.pause {
-            Some(p) => (p.level.saturating_add(1), Some((p.stage, p.permanent))),
+            Some(p) => (
+                p.level.saturating_add(1),
+                Some((p.stage, p.permanent, p.kind.clone())),
+            ),
             None => (1, None),
         };
         let delay = backoff(level, cfg.queue.retry_min, cfg.queue.retry_max, jitter());
@@ -1070,7 +1076,7 @@ impl Shared {
         let shown = human(delay.as_secs().max(1));
         match before {
             None => log::warn!("delivery paused for {shown}: {reason}"),
-            Some(state) if state != (e.stage, e.permanent) => {
+            Some(state) if state != (e.stage, e.permanent, e.kind.clone()) => {
                 log::warn!("delivery still paused, for {shown}: {reason}")
             }
             Some(_) => log::debug!("delivery still paused, for {shown}: {reason}"),
@@ -1080,6 +1086,7 @@ impl Shared {
             level,
             stage: e.stage,
             permanent: e.permanent,
+            kind: e.kind.clone(),
             reason: reason.clone(),
         });
         self.publish(&w);
@@ -1661,6 +1668,7 @@ mod tests {
                 level: 1,
                 stage: Stage::Auth,
                 permanent: true,
+                kind: "535".to_string(),
                 reason: "535".to_string(),
             });
             let got = w.claim(has_link, may_open, now);
@@ -1687,6 +1695,7 @@ mod tests {
             level: 2,
             stage: Stage::Connect,
             permanent: false,
+            kind: String::new(),
             reason: "refused".to_string(),
         });
         for _ in 0..3 {

@@ -35,6 +35,7 @@ impl BearerSource for Tokens {
                 stage: Stage::Auth,
                 permanent: !e.is_transient(),
                 message: e.explain(self.settings().grant),
+                kind: e.kind(),
             }),
         }
     }

@@ -56,6 +56,15 @@ impl TokenError {
         }
     }
 
+    /// kind names the failure without ids or times: "oauth invalid_grant", "oauth transient".
+    pub fn kind(&self) -> String {
+        match self {
+            TokenError::Transient(_) => "oauth transient".to_string(),
+            TokenError::Refused { error, .. } => format!("oauth {error}"),
+            TokenError::Local(_) => "oauth local".to_string(),
+        }
+    }
+
     /// is_transient tells whether the same request may succeed later without anyone acting.
     pub fn is_transient(&self) -> bool {
         matches!(self, TokenError::Transient(_))
