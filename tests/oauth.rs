@@ -853,6 +853,51 @@ fn token_endpoint_503_is_transient_and_the_message_goes_out_later() {
 }
 
 #[test]
+fn token_endpoint_429_no_answer_and_temporarily_unavailable_are_transient() {
+    let idp = Idp::start();
+    // One after the other: throttled, a connection closed without an answer, and the OAuth
+    // error that means "later" (oauth-providers.md: transient).
+    idp.script(
+        None,
+        Answer::Status(429, "<html><body>Too Many Requests</body></html>".into()),
+        Some(1),
+    );
+    idp.script(None, Answer::Close, Some(1));
+    idp.script(
+        None,
+        Answer::Error(
+            400,
+            "temporarily_unavailable".into(),
+            "AADSTS90033: A transient error has occurred. Please try again.".into(),
+        ),
+        Some(1),
+    );
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    seed(&relay, &idp.new_refresh_token());
+    relay.spawn();
+    let id = submit(&relay, "throttled");
+    wait_delivered(&relay, &sink, 1);
+    relay.wait_log(&format!("delivery {id}: sent to smarthost"));
+    let answers: Vec<String> = idp
+        .token_requests(None)
+        .into_iter()
+        .map(|r| r.answered)
+        .collect();
+    assert_eq!(
+        answers,
+        ["429", "close", "400 temporarily_unavailable", "200"],
+        "each answer was retried"
+    );
+    assert_no_bounce(&sink);
+    let log = relay.log_text();
+    assert!(
+        !log.contains("picorelay oauth login"),
+        "a transient failure asks for no login:\n{log}"
+    );
+}
+
+#[test]
 fn chunked_token_answer_is_understood() {
     let idp = Idp::start();
     idp.script(None, Answer::Chunked, Some(1));
@@ -1385,7 +1430,9 @@ fn check_accepts_oauth_configs_and_names_each_bad_key() {
 fn no_token_or_secret_appears_in_any_output() {
     let idp = Idp::start();
     idp.set_rotate(true);
-    idp.set_public(false);
+    // A confidential client: whether the secret goes to the device endpoint too is the
+    // relay's choice; it must never be printed either way.
+    idp.set_secret_optional();
     idp.approve_device();
     let sink = Sink::start(Opts::microsoft(idp.validator()));
     let mut relay = prepare(
