@@ -1,9 +1,22 @@
-//! Base64 (RFC 4648 section 4, standard alphabet, padded) for the SMTP AUTH exchange.
+//! Base64 (RFC 4648 section 4, standard alphabet, padded) for the SMTP AUTH exchange, and the
+//! URL-safe unpadded form (section 5) that PKCE (RFC 7636) uses.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// Encodes `data` with the standard alphabet and `=` padding (RFC 4648 section 4).
 pub fn encode(data: &[u8]) -> String {
+    encode_with(data, ALPHABET, true)
+}
+
+/// Encodes `data` with the URL and file name safe alphabet, without padding (RFC 4648
+/// section 5; RFC 7636 appendix A).
+pub fn encode_url(data: &[u8]) -> String {
+    encode_with(data, URL_ALPHABET, false)
+}
+
+fn encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let sym = |v: u32| char::from(alphabet[(v & 0x3f) as usize]);
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b0 = chunk[0];
@@ -12,14 +25,18 @@ pub fn encode(data: &[u8]) -> String {
         let w = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
         out.push(sym(w >> 18));
         out.push(sym(w >> 12));
-        out.push(if chunk.len() > 1 { sym(w >> 6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(w) } else { '=' });
+        if chunk.len() > 1 {
+            out.push(sym(w >> 6));
+        } else if pad {
+            out.push('=');
+        }
+        if chunk.len() > 2 {
+            out.push(sym(w));
+        } else if pad {
+            out.push('=');
+        }
     }
     out
-}
-
-fn sym(v: u32) -> char {
-    char::from(ALPHABET[(v & 0x3f) as usize])
 }
 
 /// The 6-bit value of one alphabet character, None for anything else (including '=').
@@ -78,6 +95,16 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_alphabet_without_padding() {
+        assert_eq!(encode_url(b""), "");
+        assert_eq!(encode_url(b"f"), "Zg");
+        assert_eq!(encode_url(b"fo"), "Zm8");
+        assert_eq!(encode_url(b"foo"), "Zm9v");
+        assert_eq!(encode_url(&[0xfb, 0xff, 0xbf]), "-_-_");
+        assert_eq!(encode(&[0xfb, 0xff, 0xbf]), "+/+/");
+    }
 
     /// RFC 4648 section 10 test vectors, plus binary data using '+' and '/'.
     const VECTORS: &[(&[u8], &str)] = &[

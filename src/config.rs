@@ -2015,7 +2015,7 @@ fn open_to_others(path: &Path) -> Option<u32> {
     (mode & 0o006 != 0).then_some(mode)
 }
 
-fn read_first_line(path: &Path) -> Result<String, String> {
+pub fn read_first_line(path: &Path) -> Result<String, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
     let line = text.lines().next().unwrap_or("");

@@ -30,9 +30,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bounce::{self, Disposition, Failure};
-use crate::client::{ClientError, Connection, RcptOutcome, Settings, Stage};
-use crate::config::Config;
+use crate::client::{BearerSource, ClientError, Connection, RcptOutcome, Settings, Stage};
+use crate::config::{Config, SmarthostAuth};
 use crate::message;
+use crate::oauth::Tokens;
 use crate::queue_cmd::human;
 use crate::rewrite;
 use crate::spool::{Envelope, RcptState, Spool, SpoolError};
@@ -174,9 +175,10 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-/// settings builds the client settings from `[smarthost]`: the rustls config once per config.
-/// Shared with `probe`, so the probe connects exactly as delivery does.
-pub fn settings(cfg: &Config) -> Result<Settings, String> {
+/// settings builds the client settings from `[smarthost]`: the rustls config once per config;
+/// `tokens` is the `[oauth]` access token source when there is one (see `tokens`). Shared with
+/// `probe`, so the probe connects exactly as delivery does.
+pub fn settings(cfg: &Config, tokens: Option<Arc<Tokens>>) -> Result<Settings, String> {
     let sh = &cfg.smarthost;
     let tls_config = tls::client_config(sh.tls_verify, sh.ca_file.as_deref(), sh.tls_fingerprint)
         .map_err(|e| format!("{}: [smarthost] {e}", cfg.path.display()))?;
@@ -187,7 +189,9 @@ pub fn settings(cfg: &Config) -> Result<Settings, String> {
         username: sh.username.clone(),
         password: sh.password.clone(),
         auth: sh.auth,
-        bearer: None,
+        bearer: tokens
+            .filter(|_| !matches!(sh.auth, SmarthostAuth::Plain | SmarthostAuth::Login))
+            .map(|t| t as Arc<dyn BearerSource>),
         helo: sh.helo.clone(),
         connect_timeout: CONNECT_TIMEOUT,
         // RFC 5321 4.5.3.2.1-4.5.3.2.3: greeting, MAIL, RCPT: `[smarthost] timeout`, 5 minutes.
@@ -195,6 +199,14 @@ pub fn settings(cfg: &Config) -> Result<Settings, String> {
         // RFC 5321 4.5.3.2.6: the reply to the final dot, 10 minutes: twice the command timeout.
         data_timeout: sh.timeout.saturating_mul(2),
     })
+}
+
+/// tokens builds the `[oauth]` access token source of `cfg` (None without `[oauth]`), with
+/// the config file named in the error.
+pub fn tokens(cfg: &Config) -> Result<Option<Arc<Tokens>>, String> {
+    Tokens::new(cfg)
+        .map(|t| t.map(Arc::new))
+        .map_err(|e| format!("{}: {e}", cfg.path.display()))
 }
 
 /// How a message came into the index (for the debug log).
@@ -278,6 +290,9 @@ struct Pause {
     /// How many failed attempts in a row: the backoff exponent.
     level: u32,
     stage: Stage,
+    /// Whether a person must act (a refused login or token): with the stage, what a change
+    /// of state is, worth a log line.
+    permanent: bool,
     reason: String,
 }
 
@@ -368,6 +383,9 @@ struct Shared {
     /// Wakes the scan thread (stop only): kept apart so a `notify_one` always reaches a sender.
     scan_wake: Condvar,
     state: Arc<DeliveryState>,
+    /// The access token source of the current config, shared by every sender so one token
+    /// serves them all; a new config (SIGHUP) gets a new source, dropping the cached token.
+    tokens: Mutex<Option<(Arc<Config>, Result<Option<Arc<Tokens>>, String>)>>,
     /// Threads still running, for `stop`'s grace period.
     running: Mutex<usize>,
     exited: Condvar,
@@ -444,6 +462,7 @@ impl Runner {
             wake: Condvar::new(),
             scan_wake: Condvar::new(),
             state: Arc::new(DeliveryState::default()),
+            tokens: Mutex::new(None),
             running: Mutex::new(0),
             exited: Condvar::new(),
         });
@@ -902,8 +921,21 @@ impl Shared {
         match &s.settings {
             Some((c, r)) if Arc::ptr_eq(c, cfg) => r.clone(),
             _ => {
-                let r = settings(cfg);
+                let r = self.tokens_for(cfg).and_then(|t| settings(cfg, t));
                 s.settings = Some((Arc::clone(cfg), r.clone()));
+                r
+            }
+        }
+    }
+
+    /// tokens_for returns the access token source for `cfg`, built once per config.
+    fn tokens_for(&self, cfg: &Arc<Config>) -> Result<Option<Arc<Tokens>>, String> {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match t.as_ref() {
+            Some((c, r)) if Arc::ptr_eq(c, cfg) => r.clone(),
+            _ => {
+                let r = tokens(cfg);
+                *t = Some((Arc::clone(cfg), r.clone()));
                 r
             }
         }
@@ -1027,7 +1059,7 @@ impl Shared {
             return;
         }
         let (level, before) = match &w.pause {
-            Some(p) => (p.level.saturating_add(1), Some((p.stage, p.reason.clone()))),
+            Some(p) => (p.level.saturating_add(1), Some((p.stage, p.permanent))),
             None => (1, None),
         };
         let delay = backoff(level, cfg.queue.retry_min, cfg.queue.retry_max, jitter());
@@ -1035,7 +1067,7 @@ impl Shared {
         let shown = human(delay.as_secs().max(1));
         match before {
             None => log::warn!("delivery paused for {shown}: {reason}"),
-            Some((stage, _)) if stage != e.stage => {
+            Some(state) if state != (e.stage, e.permanent) => {
                 log::warn!("delivery still paused, for {shown}: {reason}")
             }
             Some(_) => log::debug!("delivery still paused, for {shown}: {reason}"),
@@ -1044,6 +1076,7 @@ impl Shared {
             until,
             level,
             stage: e.stage,
+            permanent: e.permanent,
             reason: reason.clone(),
         });
         self.publish(&w);
@@ -1624,6 +1657,7 @@ mod tests {
                 until,
                 level: 1,
                 stage: Stage::Auth,
+                permanent: true,
                 reason: "535".to_string(),
             });
             let got = w.claim(has_link, may_open, now);
@@ -1649,6 +1683,7 @@ mod tests {
             until: now + 1000,
             level: 2,
             stage: Stage::Connect,
+            permanent: false,
             reason: "refused".to_string(),
         });
         for _ in 0..3 {

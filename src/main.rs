@@ -8,6 +8,7 @@ mod crypt;
 mod delivery;
 mod logging;
 mod message;
+mod oauth;
 mod privilege;
 mod probe;
 mod queue_cmd;
@@ -44,6 +45,10 @@ commands:
                            (exit 0 running, 3 not running, 4 cannot tell)
   probe [--to ADDR]        connect to the smarthost as delivery does, print the transcript;
                            with --to, also send a test message to ADDR
+  oauth login              sign the smarthost account in once (OAuth 2.0: Microsoft device
+                           code, Google in a browser) and store the refresh token
+  oauth status             is a refresh token stored; does the identity provider grant an
+                           access token now (exit 0 yes, 1 no)
   sendmail [OPTIONS] [RCPT...]
                            queue a message read from stdin (sendmail-compatible; also
                            through links named sendmail, mailq, mail and mailx)
@@ -126,6 +131,8 @@ fn main() -> ExitCode {
         ["status"] => status::run(&args.config, false),
         ["status", "--json"] => status::run(&args.config, true),
         ["sendmail", rest @ ..] => sendmail::run(&args.config, rest),
+        ["oauth", "login"] => oauth::login::login(&args.config),
+        ["oauth", "status"] => oauth::login::status(&args.config),
         ["probe"] => probe::run(&args.config, None),
         ["probe", "--to", to] => probe::run(&args.config, Some(to)),
         ["probe", to] if to.starts_with("--to=") => {

@@ -8,6 +8,7 @@ use crate::client::{Connection, RcptOutcome};
 use crate::config::Config;
 use crate::delivery;
 use crate::message;
+use crate::queue_cmd::human;
 use crate::rewrite;
 use crate::serve::load_config;
 use crate::tls;
@@ -32,7 +33,29 @@ pub fn run(config: &Path, to: Option<&str>) -> u8 {
             return 1;
         }
     }
-    let settings = match delivery::settings(&cfg) {
+    let tokens = match delivery::tokens(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("probe: {e}");
+            return 1;
+        }
+    };
+    if let Some(t) = &tokens {
+        // The token delivery would use, asked for first so its source and lifetime show.
+        let url = &t.settings().token_url;
+        match t.get(None) {
+            Ok(g) => println!(
+                "probe: OAuth access token from {url} ({} grant), valid for {}",
+                t.settings().grant.as_str(),
+                human(g.valid_for.as_secs())
+            ),
+            Err(e) => {
+                println!("probe: FAILED at auth: {}", e.explain(t.settings().grant));
+                return 1;
+            }
+        }
+    }
+    let settings = match delivery::settings(&cfg, tokens) {
         Ok(s) => s,
         Err(e) => {
             println!("probe: {e}");

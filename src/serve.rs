@@ -72,6 +72,9 @@ pub fn check(path: &Path) -> u8 {
             problems.push(format!("{file}: [smarthost] {e}"));
         }
     }
+    if let Err(e) = crate::delivery::tokens(&cfg) {
+        problems.push(e);
+    }
     problems.dedup();
     for p in &problems {
         println!("{p}");
@@ -127,6 +130,8 @@ fn start(cfg: Config) -> Result<(), String> {
     };
     let spool = Spool::open(&cfg.queue.dir, cfg.queue.max_size)
         .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
+    // A bad [oauth] endpoint or ca_file stops start-up here, not at the first delivery.
+    crate::delivery::tokens(&cfg)?;
     let listeners = server::bind(&cfg)?;
     let pid_file = cfg.server.pid_file.clone();
     if let Some(p) = &pid_file {

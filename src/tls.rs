@@ -404,10 +404,12 @@ pub enum Stream {
 }
 
 /// Runs the handshake to the end now, so a failure surfaces at the call. Bounded by the
-/// socket's read/write timeouts (a timeout comes back as WouldBlock/TimedOut).
-fn handshake<S: rustls::SideData>(
+/// socket's read/write timeouts (a timeout comes back as WouldBlock/TimedOut). Generic over
+/// the transport so the OAuth client can pass a socket that re-arms its timeouts to a
+/// deadline before every read and write (oauth::http).
+pub(crate) fn handshake<S: rustls::SideData, T: Read + Write>(
     conn: &mut rustls::ConnectionCommon<S>,
-    tcp: &mut TcpStream,
+    tcp: &mut T,
 ) -> io::Result<()> {
     while conn.is_handshaking() {
         let (read, written) = conn.complete_io(tcp).map_err(|e| match e.kind() {
