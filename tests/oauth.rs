@@ -828,6 +828,33 @@ fn invalid_grant_pauses_without_bouncing_and_recovers_after_a_new_login() {
 }
 
 #[test]
+fn invalid_grant_is_warned_even_while_paused_for_a_refused_login() {
+    // Delivery is already paused at the auth stage for a refused token when the refresh
+    // token is revoked too: the new cause needs a person, so it must reach the log at WARN
+    // (the default level is info) with what to do, not only as "still paused" at debug.
+    let idp = Idp::start();
+    idp.kill_all_tokens(true);
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    seed(&relay, &idp.new_refresh_token());
+    relay.spawn();
+    let id = submit(&relay, "two causes");
+    wait_for("queue list to show the 535", || {
+        relay.queue_line(&id).contains("535")
+    });
+    idp.revoke_refresh_tokens();
+    wait_for("queue list to show invalid_grant", || {
+        relay.queue_line(&id).contains("invalid_grant")
+    });
+    wait_for("a WARN line about invalid_grant", || {
+        relay.log_text().lines().any(|l| {
+            l.contains("WARN") && l.contains("invalid_grant") && l.contains("picorelay oauth login")
+        })
+    });
+    assert!(sink.txns().is_empty());
+}
+
+#[test]
 fn token_endpoint_503_is_transient_and_the_message_goes_out_later() {
     let idp = Idp::start();
     idp.script(
