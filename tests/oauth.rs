@@ -531,6 +531,21 @@ fn refresh_token_grant_delivers_over_xoauth2_to_a_microsoft_style_smarthost() {
 }
 
 #[test]
+fn a_token_file_holding_only_the_bare_refresh_token_works() {
+    let idp = Idp::start();
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    let rt = idp.new_refresh_token();
+    std::fs::write(token_file(&relay), format!("{rt}\n")).unwrap();
+    std::fs::set_permissions(token_file(&relay), std::fs::Permissions::from_mode(0o600)).unwrap();
+    relay.spawn();
+    submit(&relay, "bare");
+    wait_delivered(&relay, &sink, 1);
+    let r = &idp.token_requests(None)[0];
+    assert_eq!(r.get("refresh_token"), Some(rt.as_str()));
+}
+
+#[test]
 fn client_credentials_grant_delivers_with_the_secret_from_a_file() {
     let idp = Idp::start();
     let sink = Sink::start(Opts::microsoft(idp.validator()));
@@ -672,10 +687,10 @@ fn refresh_before_expiry(expires: Expires) {
     wait_delivered(&relay, &sink, 1);
     sink.hang_up();
     let first = idp.issued()[0].clone();
-    // Past half the lifetime (with a second of slack for the relay's own clock), not past
-    // its end.
-    wait_for("3 s of the token's life to pass", || {
-        first.at.elapsed() >= Duration::from_secs(3)
+    // Past half the lifetime (with 1.5 s of slack for when the relay read the answer), not
+    // past its end.
+    wait_for("3.5 s of the token's life to pass", || {
+        first.at.elapsed() >= Duration::from_millis(3500)
     });
     submit(&relay, "second");
     wait_delivered(&relay, &sink, 2);
@@ -738,6 +753,42 @@ fn rotated_refresh_token_is_stored_atomically_with_mode_0600() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["oauth-token"], "leftovers next to the token file");
+}
+
+#[test]
+fn concurrent_connections_share_one_refresh_and_never_reuse_a_spent_refresh_token() {
+    // Microsoft invalidates a refresh token once it has been used: senders that refresh at
+    // the same time with the same refresh token would get invalid_grant (and pause the queue).
+    let idp = Idp::start();
+    idp.set_rotate(true);
+    idp.set_expires(Expires::Num(4));
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    seed(&relay, &idp.new_refresh_token());
+    relay.spawn();
+    for round in 1..=2 {
+        let since = Instant::now();
+        for i in 0..12 {
+            submit(&relay, &format!("round {round} message {i}"));
+        }
+        wait_delivered(&relay, &sink, 12 * round);
+        sink.hang_up();
+        // Let the token get old, so the next round's connections all need a new one.
+        wait_for("3.5 s to pass", || {
+            since.elapsed() >= Duration::from_millis(3500)
+        });
+    }
+    let reqs = idp.token_requests(None);
+    assert!(
+        reqs.iter().all(|r| r.answered == "200"),
+        "a spent refresh token was used: {reqs:?}"
+    );
+    assert!(sink.auth_log().iter().all(|a| a.accepted));
+    let valid = idp.valid_refresh_tokens();
+    assert_eq!(
+        stored_refresh(&token_file(&relay)).as_deref(),
+        Some(valid[0].as_str())
+    );
 }
 
 #[test]
@@ -1092,6 +1143,22 @@ fn device_login_waits_through_pending_and_slow_down_then_stores_the_token() {
     let rt = idp.issued().last().unwrap().refresh_token.clone().unwrap();
     assert_eq!(stored_refresh(&tf), Some(rt));
     assert_eq!(mode(&tf), 0o600);
+    // signed_in= and saved= carry unix seconds of this login.
+    let text = std::fs::read_to_string(&tf).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for key in ["signed_in=", "saved="] {
+        let v: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: {e}:\n{text}"));
+        assert!(v <= now && v + 120 >= now, "{key}{v}, now {now}");
+    }
     // The device request: the public client's id and the Microsoft scope, no secret.
     let dreq: Vec<_> = idp
         .requests()
@@ -1550,12 +1617,24 @@ fn sighup_drops_the_cached_access_token() {
             .filter(|l| l.contains("] reloaded ") || l.contains("reload of "))
             .count()
     };
+    // The [oauth] section is reloaded too: a changed scope shows in the next token request.
+    let ini = merge_ini(
+        &std::fs::read_to_string(&relay.config).unwrap(),
+        "[oauth]\nscope = https://outlook.office.com/SMTP.Send offline_access openid\n",
+    );
+    std::fs::write(&relay.config, ini).unwrap();
     let before = reloads(&relay);
     relay.signal("HUP");
     wait_for("the reload", || reloads(&relay) > before);
     submit(&relay, "after");
     wait_delivered(&relay, &sink, 2);
-    assert_eq!(idp.count(None), 2, "{:?}", idp.token_requests(None));
+    let reqs = idp.token_requests(None);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0].get("scope"), Some(MS_SCOPE));
+    assert_eq!(
+        reqs[1].get("scope"),
+        Some("https://outlook.office.com/SMTP.Send offline_access openid")
+    );
     let auth = sink.auth_log();
     assert_eq!(auth.last().unwrap().token, idp.issued()[1].access_token);
     assert!(auth.iter().all(|a| a.accepted));
