@@ -861,7 +861,7 @@ fn invalid_grant_pauses_without_bouncing_and_recovers_after_a_new_login() {
         "{text}"
     );
     assert!(sink.txns().is_empty());
-    assert_eq!(relay.queue_ids(), [id.clone()], "nothing bounced");
+    assert_eq!(relay.queue_ids(), vec![id.clone()], "nothing bounced");
 
     // The fix: sign in again (device flow), then flush.
     idp.approve_device();
@@ -1059,7 +1059,7 @@ fn a_token_refused_twice_pauses_delivery_without_bouncing() {
     });
     assert!(auth_error(&j).contains("535"), "{j:?}");
     assert!(sink.txns().is_empty());
-    assert_eq!(relay.queue_ids(), [id.clone()], "nothing bounced");
+    assert_eq!(relay.queue_ids(), vec![id.clone()], "nothing bounced");
     // The mailbox is fixed: the next attempt goes through.
     idp.kill_all_tokens(false);
     run(&relay, &["queue", "flush"]);
