@@ -2,9 +2,9 @@
 //! binary, a scripted identity provider over HTTPS (tests/common/idp.rs) and a scripted
 //! smarthost that checks the bearer tokens against it, all on 127.0.0.1 ephemeral ports.
 //!
-//! Provider behaviours follow docs/… /work/shared/oauth-providers.md: Microsoft rotates the
-//! refresh token on every refresh and refuses a token with `535 5.7.3`; Gmail answers a bad
-//! token with a `334` JSON challenge and takes PKCE logins on a loopback redirect.
+//! The scripted providers behave as the real ones do: Microsoft rotates the refresh token on
+//! every refresh (the old one dies) and refuses a token with `535 5.7.3`; Gmail answers a bad
+//! token with a `334` JSON challenge and signs in with PKCE on a loopback redirect.
 
 mod common;
 
