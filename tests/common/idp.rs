@@ -111,6 +111,18 @@ pub struct Issued {
     pub dead: bool,
 }
 
+/// The client authentication the IdP wants (RFC 6749 §2.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Secret {
+    /// A public client (Microsoft "Allow public client flows"): presenting a secret is an
+    /// error (AADSTS700025).
+    Forbidden,
+    /// A confidential client: the secret on every request.
+    Required,
+    /// Checked when sent.
+    Optional,
+}
+
 /// A scripted answer rule: the first rule matching the grant (None = any) answers.
 struct Rule {
     grant: Option<String>,
@@ -147,10 +159,9 @@ struct State {
     user: String,
     client_id: String,
     client_secret: String,
-    /// A public client (Microsoft "Allow public client flows"): presenting a secret is an
-    /// error (AADSTS700025), except for client_credentials. A confidential client must
-    /// present the secret on every grant.
-    public: bool,
+    /// How the client authenticates on grants other than client_credentials (which always
+    /// needs the secret).
+    secret: Secret,
     valid_refresh: Vec<String>,
     rotate: bool,
     expires: Expires,
@@ -207,7 +218,7 @@ impl Idp {
             client_id: "test-client".into(),
             // '+', '&' and '%' must be form-encoded; '~' and '.' are what Entra secrets hold.
             client_secret: format!("cs{}8Q~a.b+c&d%e", random_hex(8)),
-            public: true,
+            secret: Secret::Forbidden,
             valid_refresh: Vec::new(),
             rotate: false,
             expires: Expires::Num(3600),
@@ -265,11 +276,20 @@ impl Idp {
     pub fn set_client_secret(&self, s: &str) {
         let mut st = self.lock();
         st.client_secret = s.to_string();
-        st.public = false;
+        st.secret = Secret::Required;
     }
-    /// set_public: true = a public client (no secret may be sent on user grants).
+    /// set_public: true = a public client (no secret may be sent on user grants), false = a
+    /// confidential one (the secret on every request).
     pub fn set_public(&self, public: bool) {
-        self.lock().public = public;
+        self.lock().secret = if public {
+            Secret::Forbidden
+        } else {
+            Secret::Required
+        };
+    }
+    /// set_secret_optional: the secret is checked when sent, and may be left out.
+    pub fn set_secret_optional(&self) {
+        self.lock().secret = Secret::Optional;
     }
     pub fn set_rotate(&self, rotate: bool) {
         self.lock().rotate = rotate;
@@ -762,8 +782,9 @@ fn handle(path: &str, method: &str, form: &[(String, String)], st: &Mutex<State>
         );
     }
     let secret = get("client_secret");
-    let needs_secret = !g.public || grant == "client_credentials";
-    if needs_secret && secret != Some(g.client_secret.as_str()) {
+    let needs_secret = g.secret == Secret::Required || grant == "client_credentials";
+    let wrong = secret.is_some_and(|s| s != g.client_secret);
+    if (needs_secret && secret.is_none()) || wrong {
         return refuse(
             &mut g,
             401,
@@ -771,7 +792,7 @@ fn handle(path: &str, method: &str, form: &[(String, String)], st: &Mutex<State>
             "AADSTS7000215: Invalid client secret provided.",
         );
     }
-    if !needs_secret && secret.is_some() {
+    if !needs_secret && g.secret == Secret::Forbidden && secret.is_some() {
         return refuse(
             &mut g,
             401,
