@@ -66,7 +66,7 @@ bench: release
 # Needs `cargo install cargo-fuzz`. `-s none`: no sanitizer, the one build that
 # works on stable Rust (ASan needs nightly -Z flags; the fuzzed code has no unsafe).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= command address data session spool_header config reply
+FUZZ_TARGETS ?= command address data session spool_header config reply json http_response
 fuzz:
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 		mkdir -p work/$$t && \

@@ -2229,7 +2229,13 @@ mod tests {
             crate::base64::encode(br#"{"status":"401","schemes":"bearer"}"#)
         ));
         // (auth, script, token requests (None = first, Some = refused token), Ok or the error's permanence)
-        let cases: Vec<(SmarthostAuth, Vec<Step>, Vec<Option<&str>>, Option<bool>)> = vec![
+        type Case = (
+            SmarthostAuth,
+            Vec<Step>,
+            Vec<Option<&'static str>>,
+            Option<bool>,
+        );
+        let cases: Vec<Case> = vec![
             // Microsoft 365 offers LOGIN XOAUTH2: XOAUTH2 with the initial response.
             (
                 SmarthostAuth::Auto,

@@ -201,9 +201,12 @@ pub fn settings(cfg: &Config, tokens: Option<Arc<Tokens>>) -> Result<Settings, S
     })
 }
 
+/// The access token source of one config: None without `[oauth]`; Err when it cannot be built.
+type TokenSource = Result<Option<Arc<Tokens>>, String>;
+
 /// tokens builds the `[oauth]` access token source of `cfg` (None without `[oauth]`), with
 /// the config file named in the error.
-pub fn tokens(cfg: &Config) -> Result<Option<Arc<Tokens>>, String> {
+pub fn tokens(cfg: &Config) -> TokenSource {
     Tokens::new(cfg)
         .map(|t| t.map(Arc::new))
         .map_err(|e| format!("{}: {e}", cfg.path.display()))
@@ -385,7 +388,7 @@ struct Shared {
     state: Arc<DeliveryState>,
     /// The access token source of the current config, shared by every sender so one token
     /// serves them all; a new config (SIGHUP) gets a new source, dropping the cached token.
-    tokens: Mutex<Option<(Arc<Config>, Result<Option<Arc<Tokens>>, String>)>>,
+    tokens: Mutex<Option<(Arc<Config>, TokenSource)>>,
     /// Threads still running, for `stop`'s grace period.
     running: Mutex<usize>,
     exited: Condvar,
@@ -929,7 +932,7 @@ impl Shared {
     }
 
     /// tokens_for returns the access token source for `cfg`, built once per config.
-    fn tokens_for(&self, cfg: &Arc<Config>) -> Result<Option<Arc<Tokens>>, String> {
+    fn tokens_for(&self, cfg: &Arc<Config>) -> TokenSource {
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         match t.as_ref() {
             Some((c, r)) if Arc::ptr_eq(c, cfg) => r.clone(),

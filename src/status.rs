@@ -331,9 +331,26 @@ fn systemd_status(s: &Status) -> String {
             "; delivery paused until {}",
             message::rfc5322_date(until)
         ));
+        // `systemctl status` is where many look first: say why, and what to do when a person
+        // must act (an OAuth sign-in, a refused password), within one short line.
+        if let Some(reason) = s.pause_reason.as_deref() {
+            // A newline would end the STATUS= assignment (sd_notify is line-based).
+            let mut short: String = reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(SYSTEMD_REASON)
+                .collect();
+            if reason.chars().count() > SYSTEMD_REASON {
+                short.push('…');
+            }
+            t.push_str(&format!(": {short}"));
+        }
     }
     t
 }
+
+/// Longest pause reason shown in the STATUS= line.
+const SYSTEMD_REASON: usize = 240;
 
 /// read asks the relay using `spool_dir` for its status over the socket.
 pub fn read(spool_dir: &Path) -> Result<Status, StatusError> {
@@ -625,6 +642,26 @@ mod tests {
                 None,
             ],
         }
+    }
+
+    #[test]
+    fn systemd_status_says_why_delivery_is_paused() {
+        let mut s = sample();
+        assert_eq!(
+            systemd_status(&s),
+            format!(
+                "3 message(s) queued; delivery paused until {}: login refused: 535 5.7.8 bad  credentials 100%",
+                message::rfc5322_date(1_700_000_400)
+            )
+        );
+        s.pause_reason = Some("x".repeat(1000));
+        let t = systemd_status(&s);
+        assert!(
+            t.ends_with('…') && t.len() < 400 && !t.contains('\n'),
+            "{t}"
+        );
+        s.paused_until = None;
+        assert_eq!(systemd_status(&s), "3 message(s) queued");
     }
 
     #[test]

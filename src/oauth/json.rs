@@ -62,6 +62,7 @@ impl Value {
     }
 
     /// as_f64 returns the value of a number.
+    #[cfg(test)]
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Number(n) => Some(*n),
