@@ -16,8 +16,9 @@
 //! - `[server] tls_cert` / `tls_key` become a generated self-signed certificate
 //!   and its key (the openssl CLI makes them, as in the other tests);
 //! - `[smarthost] ca_file` becomes that certificate;
-//! - `[smarthost] password_file` becomes a temporary file holding a password
-//!   (mode 0600);
+//! - `[smarthost] password_file` and `[oauth] client_secret_file` become a
+//!   temporary file holding a password (mode 0600);
+//! - `[oauth] ca_file` becomes the generated certificate, as `[smarthost] ca_file`;
 //! - `[server] pid_file` and `[log] file` become paths in the temporary folder;
 //! - `[server] user` becomes the user running the test (the example's account,
 //!   e.g. `picorelay`, need not exist here).
@@ -200,9 +201,13 @@ fn patch(ex: &Example, s: &Scratch, n: usize) -> String {
                 has_dir = true;
                 Some(spool.clone())
             }
-            ("server", "tls_cert") | ("smarthost", "ca_file") => Some(s.cert.clone()),
+            ("server", "tls_cert") | ("smarthost", "ca_file") | ("oauth", "ca_file") => {
+                Some(s.cert.clone())
+            }
             ("server", "tls_key") => Some(s.key.clone()),
-            ("smarthost", "password_file") => Some(s.password.clone()),
+            ("smarthost", "password_file") | ("oauth", "client_secret_file") => {
+                Some(s.password.clone())
+            }
             ("server", "pid_file") => Some(s.dir.join(format!("pid-{n}"))),
             ("log", "file") => Some(s.dir.join(format!("log-{n}"))),
             ("server", "user") => {
@@ -304,7 +309,9 @@ fn the_patch_rules_do_what_the_module_comment_says() {
         file: "inline".to_string(),
         line: 1,
         text: "[server]\ntls_cert = /etc/ssl/x.pem ; comment\ntls_key = /etc/ssl/x.key\nuser = picorelay\n\
-               [smarthost]\npassword_file = /etc/p\nca_file = /etc/ca.pem\n[queue]\nmax_size = 4M\n"
+               [smarthost]\npassword_file = /etc/p\nca_file = /etc/ca.pem\n\
+               [oauth]\nclient_secret_file = /etc/picorelay/app.secret\nca_file = /etc/idp-ca.pem\n\
+               [queue]\nmax_size = 4M\n"
             .to_string(),
     };
     let text = patch(&ex, &scratch, 0);
@@ -322,6 +329,14 @@ fn the_patch_rules_do_what_the_module_comment_says() {
     );
     assert!(
         text.contains(&format!("password_file = {}\n", scratch.password.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "[oauth]\nclient_secret_file = {}\nca_file = {}\n",
+            scratch.password.display(),
+            scratch.cert.display()
+        )),
         "{text}"
     );
     assert!(
