@@ -1168,10 +1168,10 @@ fn no_auth_offered(wire: &Wire) -> ClientError {
 /// login_refused describes a refused login with its permanence (RFC 4954 6: 535 = bad
 /// credentials, other 5xx = refused for good, retrying the same only risks a lockout; 4xx =
 /// try later), and what the provider's reply means when it is a known one.
-fn login_refused(peer: &str, r: &Reply, extra: &str) -> ClientError {
+fn login_refused(peer: &str, r: &Reply, extra: &str, bearer: bool) -> ClientError {
     let mut e = reply_error(Stage::Auth, peer, "login refused", r);
     e.message.push_str(extra);
-    if let Some(h) = sasl::login_hint(&r.text()) {
+    if let Some(h) = sasl::login_hint(&r.text(), bearer) {
         e.message.push_str(": ");
         e.message.push_str(h.fix);
     }
@@ -1241,7 +1241,7 @@ fn authenticate(
                 format!("{peer}: unexpected AUTH challenge; login cancelled"),
             ))
         }
-        _ => Err(login_refused(&peer, &reply, "")),
+        _ => Err(login_refused(&peer, &reply, "", false)),
     }
 }
 
@@ -1312,7 +1312,7 @@ fn authenticate_bearer(
             (None, true) => " (a fresh token was refused too)".to_string(),
             (None, false) => String::new(),
         };
-        return Err(login_refused(&peer, &reply, &extra));
+        return Err(login_refused(&peer, &reply, &extra, true));
     }
 }
 

@@ -1719,6 +1719,7 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
         ),
         (OAuthProvider::Custom, _) => (None, None, None, None),
     };
+    let token_url_written = token_url.clone();
     let token_url = match token_url.or(token_default) {
         Some(u) => u,
         None => {
@@ -1742,6 +1743,22 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
             String::new()
         }
     };
+    if provider == OAuthProvider::Microsoft && token_url_written.is_none() {
+        let multi = ["organizations", "common", "consumers"].contains(&tenant.as_str());
+        if grant == OAuthGrant::ClientCredentials && multi {
+            l.err(
+                o,
+                "tenant",
+                format!("{tenant}: grant = client_credentials needs your tenant id or domain (contoso.onmicrosoft.com)"),
+            );
+        } else if l.written(o, "tenant").map_or(true, str::is_empty) {
+            l.warn(
+                o,
+                "tenant",
+                "not set: \"organizations\" works only for an app registered for any organization; set your tenant id or domain (contoso.onmicrosoft.com)",
+            );
+        }
+    }
     match (provider, grant) {
         (OAuthProvider::Google, OAuthGrant::ClientCredentials) => l.err(
             o,
@@ -2335,8 +2352,12 @@ mod tests {
                 "picorelay.ini: [oauth] scope: missing: provider = custom needs the scope to ask for",
             ),
             (
-                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials",
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example",
                 "picorelay.ini: [oauth] client_secret: missing: grant = client_credentials needs client_secret or client_secret_file",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s",
+                "picorelay.ini: [oauth] tenant: organizations: grant = client_credentials needs your tenant id or domain (contoso.onmicrosoft.com)",
             ),
             (
                 "[smarthost]\nusername = u\n[oauth]\nprovider = google\nclient_id = c",
@@ -2981,7 +3002,7 @@ file = /var/log/picorelay.log
             PathBuf::from("/var/spool/picorelay/oauth-token")
         );
         assert_eq!(o.timeout, Duration::from_secs(30));
-        let c = good("[smarthost]\nusername = m@example.com\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s");
+        let c = good("[smarthost]\nusername = m@example.com\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s\ntenant = contoso.onmicrosoft.com");
         assert_eq!(
             c.oauth.unwrap().scope,
             "https://outlook.office365.com/.default"
@@ -3003,7 +3024,7 @@ file = /var/log/picorelay.log
             .iter()
             .any(|w| w.contains("[smarthost] password: ignored")));
         // Nothing secret in the summary or Debug.
-        let c = good("[smarthost]\nhost = h\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = hunter2");
+        let c = good("[smarthost]\nhost = h\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = hunter2\ntenant = t.example");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.summary().join("\n").contains("hunter2"));
         assert!(c

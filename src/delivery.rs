@@ -53,6 +53,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How long an idle smarthost connection is kept for messages arriving right after.
 const IDLE_HOLD: Duration = Duration::from_secs(1);
+/// How often the `[oauth]` refresh token's last use is looked at (see `Tokens::keep_alive`).
+const KEEP_ALIVE_CHECK: Duration = Duration::from_secs(3600);
 /// Longest sleep of the delivery thread when nothing at all is due.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Shortest retry delay, whatever the config says: a zero delay would spin.
@@ -391,9 +393,19 @@ struct Shared {
     /// The access token source of the current config, shared by every sender so one token
     /// serves them all; a new config (SIGHUP) gets a new source, dropping the cached token.
     tokens: Mutex<Option<(Arc<Config>, TokenSource)>>,
+    /// The OAuth refresh token keep-alive, run from the scan thread.
+    keep_alive: Arc<Mutex<KeepAlive>>,
     /// Threads still running, for `stop`'s grace period.
     running: Mutex<usize>,
     exited: Condvar,
+}
+
+/// When the refresh token's last use is next looked at, and how the last try ended.
+struct KeepAlive {
+    next: Instant,
+    running: bool,
+    /// `TokenError::kind` of the last failure: a WARN only when it changes.
+    failed: Option<String>,
 }
 
 /// Counts a thread out when it ends, even by a panic.
@@ -468,6 +480,11 @@ impl Runner {
             scan_wake: Condvar::new(),
             state: Arc::new(DeliveryState::default()),
             tokens: Mutex::new(None),
+            keep_alive: Arc::new(Mutex::new(KeepAlive {
+                next: Instant::now(),
+                running: false,
+                failed: None,
+            })),
             running: Mutex::new(0),
             exited: Condvar::new(),
         });
@@ -761,6 +778,59 @@ impl Shared {
                 self.flush(Source::Flush);
             }
             self.rescan(&mut unreadable);
+            self.keep_alive_tick();
+        }
+    }
+
+    /// keep_alive_tick uses a long-unused OAuth refresh token once (at start, then hourly
+    /// checks), in a thread of its own so a slow identity provider never delays the rescan.
+    /// A failure shows at once in the log and under `status`'s auth stage, long before the
+    /// next alert would need the token.
+    fn keep_alive_tick(&self) {
+        let now = Instant::now();
+        let mut k = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
+        if k.running || now < k.next {
+            return;
+        }
+        k.next = now + KEEP_ALIVE_CHECK;
+        let cfg = Arc::clone(&self.lock().cfg);
+        let Ok(Some(tokens)) = self.tokens_for(&cfg) else {
+            return;
+        };
+        k.running = true;
+        drop(k);
+        let keep_alive = Arc::clone(&self.keep_alive);
+        let state = Arc::clone(&self.state);
+        let spawned = thread::Builder::new()
+            .name("oauth-keepalive".to_string())
+            .spawn(move || {
+                let outcome = tokens.keep_alive();
+                let mut k = keep_alive.lock().unwrap_or_else(|p| p.into_inner());
+                k.running = false;
+                match outcome {
+                    None => {}
+                    Some(Ok(days)) => {
+                        log::info!(
+                            "oauth: the refresh token was unused for {days} days: used once to keep it valid"
+                        );
+                        k.failed = None;
+                    }
+                    Some(Err(e)) => {
+                        let why = e.explain(tokens.settings().grant);
+                        state.error(Stage::Auth, &why);
+                        if k.failed.as_deref() != Some(e.kind().as_str()) {
+                            log::warn!("oauth: the stored refresh token cannot be used: {why}");
+                        }
+                        k.failed = Some(e.kind());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("oauth: cannot start the refresh token keep-alive: {e}");
+            self.keep_alive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running = false;
         }
     }
 

@@ -1716,3 +1716,83 @@ fn sendmail_never_reads_the_token_file_or_the_client_secret_file() {
         eprintln!("strace unavailable: checked with FIFOs only");
     }
 }
+
+/// seed_unused writes a token file last saved `days` ago, as a quiet box would have it.
+fn seed_unused(r: &Relay, rt: &str, days: u64) -> u64 {
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - days * 86_400;
+    let p = token_file(r);
+    std::fs::write(
+        &p,
+        format!("refresh_token={rt}\nsigned_in={then}\nsaved={then}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    then
+}
+
+fn saved_time(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("saved="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_refresh_token_unused_for_a_week_is_used_once_to_keep_it_valid() {
+    // Microsoft voids a refresh token unused for 90 days, Google for 6 months: a box that only
+    // mails when a disk fails must not find its token dead on that day.
+    let idp = Idp::start();
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    let rt = idp.new_refresh_token();
+    let then = seed_unused(&relay, &rt, 8);
+    relay.spawn();
+    let reqs = idp.wait_requests(Some("refresh_token"), 1);
+    assert_eq!(reqs[0].get("refresh_token"), Some(rt.as_str()));
+    relay.wait_log("used once to keep it valid");
+    let tf = token_file(&relay);
+    assert!(
+        saved_time(&tf).is_some_and(|t| t > then + 86_400),
+        "the use is noted"
+    );
+    assert_eq!(stored_refresh(&tf).as_deref(), Some(rt.as_str()));
+    assert!(
+        sink.auth_log().is_empty(),
+        "no smarthost login needed for it"
+    );
+    // The next look is an hour away: a message now reuses the token just obtained.
+    submit(&relay, "after keep-alive");
+    wait_delivered(&relay, &sink, 1);
+    assert_eq!(idp.count(Some("refresh_token")), 1);
+}
+
+#[test]
+fn a_revoked_refresh_token_is_reported_before_any_mail_needs_it() {
+    let idp = Idp::start();
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    let rt = idp.new_refresh_token();
+    seed_unused(&relay, &rt, 30);
+    idp.revoke_refresh_tokens();
+    relay.spawn();
+    wait_for("a WARN line about the dead refresh token", || {
+        relay.log_text().lines().any(|l| {
+            l.contains("WARN") && l.contains("invalid_grant") && l.contains("picorelay oauth login")
+        })
+    });
+    let j = wait_status(&relay, "auth error", |j| {
+        auth_error(j).contains("invalid_grant")
+    });
+    assert!(auth_error(&j).contains("picorelay oauth login"), "{j:?}");
+    let warns = relay
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("invalid_grant"))
+        .count();
+    assert_eq!(warns, 1, "{}", relay.log_text());
+}

@@ -106,7 +106,8 @@ fn sign_in(cfg: &Config, o: &OAuth, owner: Option<(u32, u32)>) -> Result<(), Log
         o.token_file.display(),
         match (owner, cfg.server.user.as_deref()) {
             (Some(_), Some(u)) => format!(", owned by {u}"),
-            _ => String::new(),
+            (Some((uid, _)), None) => format!(", owned by uid {uid}, the relay's user"),
+            (None, _) => String::new(),
         }
     );
     println!(
@@ -136,12 +137,20 @@ fn token_folder_ready(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Logi
         }
     }
     let meta = std::fs::metadata(dir).map_err(|e| LoginError(format!("{}: {e}", dir.display())))?;
-    if meta.mode() & 0o022 != 0 {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
         return Err(LoginError(format!(
-            "{} can be written by other users (mode {:04o}): the token file must be in a folder only the relay's user can write: run chmod go-w on it, or set [oauth] token_file",
-            dir.display(),
-            meta.mode() & 0o7777
+            "{} can be written by any user (mode {mode:04o}): the token file must be in a folder only the relay's user can write: run chmod o-w on it, or set [oauth] token_file",
+            dir.display()
         )));
+    }
+    if mode & 0o020 != 0 {
+        // The spool is group-writable when local users may submit through `sendmail`; they
+        // could then replace the token file (not read it: it is 0600).
+        eprintln!(
+            "picorelay: warning: {} can be written by its group (mode {mode:04o}): its members could replace the token file; a private folder is safer ([oauth] token_file)",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -484,6 +493,12 @@ pub fn status(config: &Path) -> u8 {
                 human(g.valid_for.as_secs())
             );
             0
+        }
+        Err(e) if e.is_transient() => {
+            println!(
+                "oauth: FAILED for now: {e} (temporary: queued mail waits and goes out once the identity provider answers)"
+            );
+            1
         }
         Err(e) => {
             println!("oauth: FAILED: {}", e.explain(o.grant));

@@ -21,6 +21,10 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Renew this long before expiry at most: Microsoft refuses tokens about to expire
 /// (`501 5.5.127 ... token will expire soon`), so renew 10 minutes ahead.
 const RENEW_MARGIN: Duration = Duration::from_secs(600);
+/// A refresh token unused this long is used once anyway: Microsoft voids one unused for 90
+/// days, Google for 6 months, and a box that sends mail only when something fails must still
+/// be able to when it does.
+pub const KEEP_ALIVE_AFTER: Duration = Duration::from_secs(7 * 86_400);
 /// How much of the provider's `error_description` we keep (Microsoft's carry trace ids).
 const MAX_DESCRIPTION: usize = 300;
 
@@ -100,16 +104,19 @@ impl fmt::Display for TokenError {
 /// fix_for says what a person does about a refusal (oauth-providers.md: classify on `error`,
 /// never on the AADSTS text).
 fn fix_for(error: &str, grant: OAuthGrant) -> &'static str {
-    let refresh = grant == OAuthGrant::RefreshToken;
-    match error {
-        "invalid_grant" if refresh => "the refresh token was revoked or has expired (a password change, 90 days unused at Microsoft, 7 days for a Google app still in \"Testing\"): sign in again with picorelay oauth login",
-        "invalid_grant" => "check [oauth] client_id, client_secret and tenant",
-        "invalid_client" => "check [oauth] client_id and client_secret (client secrets expire: create a new one in the app registration), then picorelay oauth login if it asks for one",
-        "unauthorized_client" => "the app registration does not allow this sign-in (Microsoft: Authentication > Allow public client flows = Yes; app-only: the SMTP.SendAsApp permission): fix it, then picorelay oauth login",
-        "interaction_required" | "consent_required" => "consent is missing (an admin may have to grant it for the tenant): picorelay oauth login",
-        "invalid_scope" => "check [oauth] scope, then picorelay oauth login",
-        "invalid_request" => "the identity provider refused the request: check [oauth] client_id, tenant and scope, then picorelay oauth login",
-        _ => "see the provider's description; then picorelay oauth login",
+    use OAuthGrant::{ClientCredentials as App, RefreshToken as Person};
+    match (error, grant) {
+        ("invalid_grant", Person) => "the refresh token was revoked or has expired (a password change, 90 days unused at Microsoft, 7 days for a Google app still in \"Testing\"): sign in again with picorelay oauth login",
+        ("invalid_client", Person) => "check [oauth] client_id and client_secret (secrets expire: make a new one); a Microsoft app without a secret needs Authentication > Allow public client flows = Yes; then picorelay oauth login",
+        ("unauthorized_client", Person) => "check [oauth] client_id and tenant (the app must exist in that tenant) and that the app allows this sign-in (Microsoft: Allow public client flows = Yes); then picorelay oauth login",
+        ("interaction_required" | "consent_required", Person) => "consent is missing (an admin may have to grant it for the tenant): picorelay oauth login",
+        ("invalid_scope", Person) => "check [oauth] scope, then picorelay oauth login",
+        ("invalid_request", Person) => "the identity provider refused the request: check [oauth] client_id, tenant and scope, then picorelay oauth login",
+        (_, Person) => "see the provider's description; then picorelay oauth login",
+        ("invalid_client", App) => "check [oauth] client_id and the client secret or certificate (client secrets expire: make a new one in the app registration)",
+        ("unauthorized_client" | "invalid_grant", App) => "check [oauth] client_id and tenant (your tenant id or domain, not organizations or common)",
+        ("invalid_scope", App) => "check [oauth] scope (app-only: https://outlook.office365.com/.default) and that SMTP.SendAsApp has admin consent",
+        (_, App) => "check the app registration (SMTP.SendAsApp with admin consent) and [oauth] client_id, tenant and scope",
     }
 }
 
@@ -350,6 +357,11 @@ impl Tokens {
                 });
             }
         }
+        self.renew(&mut cache, now)
+    }
+
+    /// renew asks for a new access token and keeps it in `cache`.
+    fn renew(&self, cache: &mut Option<Access>, now: Instant) -> Result<Grant, TokenError> {
         *cache = None;
         let answer = self.request()?;
         let grant = Grant {
@@ -363,6 +375,45 @@ impl Tokens {
             lifetime: answer.lifetime,
         });
         Ok(grant)
+    }
+
+    /// keep_alive uses a stored refresh token that has not been used (saved) for
+    /// KEEP_ALIVE_AFTER: one token request, and the file's `saved` time renewed when the
+    /// provider did not rotate the token. None when nothing was due; Some(days unused) after a
+    /// successful request.
+    pub fn keep_alive(&self) -> Option<Result<u64, TokenError>> {
+        if self.cfg.grant != OAuthGrant::RefreshToken {
+            return None;
+        }
+        let path = &self.cfg.token_file;
+        let stored = store::read(path).ok()??;
+        let modified = || {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let last = stored.saved.or_else(modified)?;
+        let idle = now_unix().saturating_sub(last);
+        if idle < KEEP_ALIVE_AFTER.as_secs() {
+            return None;
+        }
+        let mut cache = self.lock();
+        let result = self.renew(&mut cache, Instant::now()).and_then(|_| {
+            match store::read(path) {
+                // Not rotated: note the use, so the next keep-alive is a week away.
+                Ok(Some(now)) if now.refresh_token == stored.refresh_token => {
+                    let renewed = Stored {
+                        saved: Some(now_unix()),
+                        ..now
+                    };
+                    store::save(path, &renewed, self.owner).map_err(TokenError::Local)
+                }
+                _ => Ok(()),
+            }
+        });
+        Some(result.map(|()| idle / 86_400))
     }
 
     /// request asks the token endpoint for a new access token. With a refresh token, a
@@ -425,21 +476,29 @@ impl Tokens {
     }
 }
 
-/// service_owner is the uid/gid files we write must belong to: the `[server] user` when we
-/// run as root (oauth login, status or probe run by root), else None (we are that user, or
-/// there is none).
+/// service_owner is the uid/gid a token file written by root must belong to, so the relay
+/// (which runs as its own user) can read and replace it: the `[server] user` when set; else,
+/// as under systemd's `User=`, whoever owns the token file already, or else its folder (the
+/// spool). None when we are not root (we are that user), or when nothing but root owns them.
 pub fn service_owner(cfg: &Config) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
     if !crate::sys::is_root() {
         return None;
     }
-    let name = cfg.server.user.as_deref()?;
-    match crate::sys::lookup_user(name) {
-        Ok(a) => Some((a.uid, a.gid)),
-        Err(e) => {
-            log::warn!("oauth: [server] user: {e}: the token file stays root's");
-            None
+    if let Some(name) = cfg.server.user.as_deref() {
+        match crate::sys::lookup_user(name) {
+            Ok(a) => return Some((a.uid, a.gid)),
+            Err(e) => log::warn!("oauth: [server] user: {e}"),
         }
     }
+    let file = cfg.oauth.as_ref()?.token_file.as_path();
+    let folder = file.parent().filter(|d| !d.as_os_str().is_empty());
+    [Some(file), folder]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.uid(), m.gid()))
+        .find(|(uid, _)| *uid != 0)
 }
 
 #[cfg(test)]

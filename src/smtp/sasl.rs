@@ -79,7 +79,7 @@ pub fn challenge_text(b64: &str) -> String {
 /// token_refused tells whether a failed login reply means "this token is not good" (worth
 /// one fresh token and one more try), rather than a setting no token can fix.
 pub fn token_refused(code: u16, text: &str) -> bool {
-    match login_hint(text) {
+    match login_hint(text, true) {
         Some(h) => h.token_may_help && matches!(code, 501 | 535),
         None => code == 535,
     }
@@ -95,8 +95,10 @@ pub struct Hint {
 }
 
 /// login_hint explains the refusals the big providers send (oauth-providers.md), matched on
-/// the enhanced status code and a distinctive part of the text.
-pub fn login_hint(text: &str) -> Option<Hint> {
+/// the enhanced status code and a distinctive part of the text. `bearer` says the login used
+/// an OAuth token: the token hints would mislead after a password login (Postfix also says
+/// `535 5.7.8` for a wrong password).
+pub fn login_hint(text: &str, bearer: bool) -> Option<Hint> {
     let t = text.to_ascii_lowercase();
     let hint = |token_may_help, fix| {
         Some(Hint {
@@ -115,6 +117,9 @@ pub fn login_hint(text: &str) -> Option<Hint> {
             false,
             "SMTP AUTH is disabled for this mailbox or tenant: Set-CASMailbox -Identity MAILBOX -SmtpClientAuthenticationDisabled $false",
         );
+    }
+    if !bearer {
+        return None;
     }
     if t.contains("4.2.0") && (t.contains("storedrv") || t.contains("logon failure")) {
         return hint(
@@ -202,6 +207,17 @@ mod tests {
     }
 
     #[test]
+    fn password_logins_get_only_the_hints_about_passwords() {
+        assert!(login_hint("5.7.8 Error: authentication failed", false).is_none());
+        assert!(login_hint("5.7.3 Authentication unsuccessful", false).is_none());
+        let h = login_hint(
+            "5.7.139 Authentication unsuccessful, basic authentication is disabled.",
+            false,
+        );
+        assert!(h.unwrap().fix.contains("[oauth]"));
+    }
+
+    #[test]
     fn refusals_are_explained_and_classified() {
         // (reply code, text, worth a fresh token, hint contains)
         let cases: &[(u16, &str, bool, Option<&str>)] = &[
@@ -227,8 +243,8 @@ mod tests {
         for (code, text, fresh, hint) in cases {
             assert_eq!(token_refused(*code, text), *fresh, "{code} {text}");
             match hint {
-                Some(h) => assert!(login_hint(text).unwrap().fix.contains(h), "{text}"),
-                None => assert!(login_hint(text).is_none(), "{text}"),
+                Some(h) => assert!(login_hint(text, true).unwrap().fix.contains(h), "{text}"),
+                None => assert!(login_hint(text, true).is_none(), "{text}"),
             }
         }
     }
