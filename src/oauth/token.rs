@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, OAuth, OAuthGrant};
+use crate::config::{ClientCertificate, Config, OAuth, OAuthGrant};
+use crate::oauth::assertion::{self, Signer};
 use crate::oauth::http::{self, Url};
 use crate::oauth::json::Value;
 use crate::oauth::store::{self, Stored};
@@ -95,6 +96,7 @@ fn fix_for(error: &str, grant: OAuthGrant) -> &'static str {
     match error {
         "invalid_grant" if refresh => "the refresh token was revoked or has expired (a password change, 90 days unused at Microsoft, 7 days for a Google app still in \"Testing\"): sign in again with picorelay oauth login",
         "invalid_grant" => "check [oauth] client_id, client_secret and tenant",
+        "invalid_client" if !refresh => "check [oauth] client_id and the credential: client secrets expire (create a new one in the app registration); a client_certificate must be the one uploaded to it, and not expired",
         "invalid_client" => "check [oauth] client_id and client_secret (client secrets expire: create a new one in the app registration), then picorelay oauth login if it asks for one",
         "unauthorized_client" => "the app registration does not allow this sign-in (Microsoft: Authentication > Allow public client flows = Yes; app-only: the SMTP.SendAsApp permission): fix it, then picorelay oauth login",
         "interaction_required" | "consent_required" => "consent is missing (an admin may have to grant it for the tenant): picorelay oauth login",
@@ -269,6 +271,13 @@ pub fn client_secret(cfg: &OAuth) -> Result<Option<String>, TokenError> {
     }
 }
 
+/// signer loads the certificate credential: at set-up, so `picorelay check` and start-up catch
+/// a bad pair, and again for each token request, so a renewed certificate and key are picked
+/// up without a restart (the way `client_secret_file` is read anew).
+fn signer(c: &ClientCertificate) -> Result<Signer, TokenError> {
+    Signer::load(&c.cert, &c.key).map_err(|e| TokenError::Local(e.to_string()))
+}
+
 /// The access token in memory.
 struct Access {
     token: String,
@@ -309,6 +318,9 @@ impl Tokens {
         let Some(o) = cfg.oauth.as_ref() else {
             return Ok(None);
         };
+        if let Some(c) = &o.client_certificate {
+            signer(c)?;
+        }
         Ok(Some(Tokens {
             cfg: o.clone(),
             endpoint: Endpoint::new(&o.token_url, o)?,
@@ -369,6 +381,20 @@ impl Tokens {
                     ("client_id", self.cfg.client_id.as_str()),
                     ("scope", self.cfg.scope.as_str()),
                 ];
+                // RFC 7523 2.2: a fresh assertion per request (token requests happen once
+                // per token lifetime, not per message); `aud` is the token endpoint.
+                let jwt = match &self.cfg.client_certificate {
+                    Some(c) => Some(
+                        signer(c)?
+                            .assertion(&self.cfg.client_id, url, now_unix())
+                            .map_err(|e| TokenError::Local(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                if let Some(a) = jwt.as_deref() {
+                    form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+                    form.push(("client_assertion", a));
+                }
                 if let Some(s) = secret.as_deref() {
                     form.push(("client_secret", s));
                 }
