@@ -70,6 +70,8 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("client_id", ""),
             ("client_secret", ""),
             ("client_secret_file", ""),
+            ("client_certificate", ""),
+            ("client_key", ""),
             ("token_url", ""),  // from provider
             ("device_url", ""), // from provider
             ("auth_url", ""),   // from provider
@@ -204,6 +206,10 @@ pub struct OAuth {
     pub client_secret: Option<String>,
     /// `client_secret_file`: read only when a token is requested (never by `sendmail`).
     pub client_secret_file: Option<PathBuf>,
+    /// `client_certificate` and `client_key`: the certificate credential (a signed JWT client
+    /// assertion, RFC 7523) for client_credentials, instead of a secret; both or neither.
+    /// Read when tokens are set up and requested (never by `sendmail`).
+    pub client_certificate: Option<ClientCertificate>,
     /// Token endpoint (https).
     pub token_url: String,
     /// Device authorization endpoint (RFC 8628), for `oauth login` with microsoft/custom.
@@ -231,6 +237,7 @@ impl fmt::Debug for OAuth {
                 &self.client_secret.as_ref().map(|_| "********"),
             )
             .field("client_secret_file", &self.client_secret_file)
+            .field("client_certificate", &self.client_certificate)
             .field("token_url", &self.token_url)
             .field("device_url", &self.device_url)
             .field("auth_url", &self.auth_url)
@@ -240,6 +247,16 @@ impl fmt::Debug for OAuth {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// `[oauth] client_certificate` and `client_key`: PEM files of the certificate uploaded to the
+/// app registration and its RSA private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// `client_certificate`: its first CERTIFICATE block is used.
+    pub cert: PathBuf,
+    /// `client_key`: PKCS#8 or PKCS#1 RSA.
+    pub key: PathBuf,
 }
 
 /// Microsoft identity platform endpoints for a tenant (id, domain, organizations, consumers, common).
@@ -559,6 +576,16 @@ impl Config {
                 "oauth",
                 "client_secret_file",
                 &oauth.and_then(|o| o.client_secret_file.clone()),
+            ),
+            (
+                "oauth",
+                "client_certificate",
+                &oauth.and_then(|o| o.client_certificate.as_ref().map(|c| c.cert.clone())),
+            ),
+            (
+                "oauth",
+                "client_key",
+                &oauth.and_then(|o| o.client_certificate.as_ref().map(|c| c.key.clone())),
             ),
         ];
         for (sec, key, path) in readable {
@@ -1683,6 +1710,10 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
         );
     }
     let secret_given = client_secret.is_some() || client_secret_file.is_some();
+    let certificate_given = ["client_certificate", "client_key"]
+        .iter()
+        .any(|k| l.written(o, k).is_some_and(|v| !v.is_empty()));
+    let client_certificate = certificate_credential(l, provider, grant, secret_given);
     let url = |s: &str| opt(s, https_url);
     let token_url = l.val(o, "token_url", url);
     let device_url = l.val(o, "device_url", url);
@@ -1765,10 +1796,11 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
             "grant",
             "client_credentials: Gmail has no app-only SMTP login; use refresh_token (picorelay oauth login)",
         ),
-        (_, OAuthGrant::ClientCredentials) if !secret_given => l.err(
+        // A certificate without its key (or the reverse) has its own error already.
+        (_, OAuthGrant::ClientCredentials) if !secret_given && !certificate_given => l.err(
             o,
             "client_secret",
-            "missing: grant = client_credentials needs client_secret or client_secret_file",
+            "missing: grant = client_credentials needs client_secret, client_secret_file, or client_certificate and client_key",
         ),
         // Google's token endpoint refuses a "Desktop app" client without its secret (which,
         // for that kind of client, Google does not treat as confidential).
@@ -1781,6 +1813,10 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
     }
     for (key, path) in [
         ("client_secret_file", client_secret_file.as_deref()),
+        (
+            "client_key",
+            client_certificate.as_ref().map(|c| c.key.as_path()),
+        ),
         ("token_file", Some(token_file.as_path())),
     ] {
         if let Some((path, mode)) = path.and_then(|p| open_to_others(p).map(|m| (p, m))) {
@@ -1800,6 +1836,7 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
         client_id,
         client_secret,
         client_secret_file,
+        client_certificate,
         token_url,
         device_url: device_url.or(device_default),
         auth_url: auth_url.or(auth_default),
@@ -1808,6 +1845,64 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
         ca_file,
         timeout,
     })
+}
+
+/// certificate_credential reads `client_certificate` and `client_key`: both or neither; not
+/// with a secret; only for app-only logins (client_credentials) at Microsoft or a custom
+/// provider. The files are read when tokens are set up, not here.
+fn certificate_credential(
+    l: &mut Loader,
+    provider: OAuthProvider,
+    grant: OAuthGrant,
+    secret_given: bool,
+) -> Option<ClientCertificate> {
+    let o = "oauth";
+    let cert = l.val(o, "client_certificate", opt_path);
+    let key = l.val(o, "client_key", opt_path);
+    let named = if cert.is_some() {
+        "client_certificate"
+    } else {
+        "client_key"
+    };
+    if cert.is_none() && key.is_none() {
+        return None;
+    }
+    if provider == OAuthProvider::Google {
+        l.err(
+            o,
+            named,
+            "Google takes no certificate credential: use client_secret",
+        );
+        return None;
+    }
+    if grant == OAuthGrant::RefreshToken {
+        l.err(
+            o,
+            named,
+            "only for grant = client_credentials (app-only); a signed-in mailbox uses client_secret or none",
+        );
+        return None;
+    }
+    match (cert, key) {
+        (Some(_), None) => l.err(
+            o,
+            "client_key",
+            "missing: client_certificate is set (the PEM file of its RSA private key)",
+        ),
+        (None, Some(_)) => l.err(
+            o,
+            "client_certificate",
+            "missing: client_key is set (the PEM file of the certificate uploaded to the app registration)",
+        ),
+        (Some(_), Some(_)) if secret_given => l.err(
+            o,
+            named,
+            "set together with a client secret (use a secret or a certificate, not both)",
+        ),
+        (Some(cert), Some(key)) => return Some(ClientCertificate { cert, key }),
+        (None, None) => {}
+    }
+    None
 }
 
 /// https_url accepts an absolute https URL with a host: the full parse happens where it is
@@ -2353,7 +2448,35 @@ mod tests {
             ),
             (
                 "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example",
-                "picorelay.ini: [oauth] client_secret: missing: grant = client_credentials needs client_secret or client_secret_file",
+                "picorelay.ini: [oauth] client_secret: missing: grant = client_credentials needs client_secret, client_secret_file, or client_certificate and client_key",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example\nclient_certificate = /c.pem",
+                "picorelay.ini: [oauth] client_key: missing: client_certificate is set (the PEM file of its RSA private key)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = custom\ntoken_url = https://idp/t\nscope = s\nclient_id = c\ngrant = client_credentials\nclient_key = /c.key",
+                "picorelay.ini: [oauth] client_certificate: missing: client_key is set (the PEM file of the certificate uploaded to the app registration)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example\nclient_certificate = /c.pem\nclient_key = /c.key\nclient_secret = s",
+                "picorelay.ini: [oauth] client_certificate: set together with a client secret (use a secret or a certificate, not both)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example\nclient_certificate = /c.pem\nclient_key = /c.key\nclient_secret_file = /s",
+                "picorelay.ini: [oauth] client_certificate: set together with a client secret (use a secret or a certificate, not both)",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = google\nclient_id = c\nclient_secret = s\nclient_certificate = /c.pem\nclient_key = /c.key",
+                "picorelay.ini: [oauth] client_certificate: Google takes no certificate credential: use client_secret",
+            ),
+            (
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\nclient_certificate = /c.pem\nclient_key = /c.key",
+                "picorelay.ini: [oauth] client_certificate: only for grant = client_credentials (app-only); a signed-in mailbox uses client_secret or none",
+            ),
+            (
+                "[oauth]\nclient_key = /c.key",
+                "picorelay.ini: [oauth] client_key: set, but [oauth] provider is not (microsoft, google or custom)",
             ),
             (
                 "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\nclient_secret = s",
@@ -2977,6 +3100,56 @@ file = /var/log/picorelay.log
         for (n, want) in sizes_fmt {
             assert_eq!(fmt_size(*n), *want);
         }
+    }
+
+    #[test]
+    fn certificate_credential_files_are_only_checked_not_parsed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_path("client-cert");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("c.key"));
+        std::fs::write(&cert, "not PEM: that is for picorelay check").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = |cert: &Path| {
+            format!(
+                "[smarthost]\nusername = u\n[oauth]\nprovider = microsoft\nclient_id = c\ngrant = client_credentials\ntenant = t.example\nclient_certificate = {}\nclient_key = {}\n[queue]\ndir = {}",
+                cert.display(),
+                key.display(),
+                dir.display()
+            )
+        };
+        let c = good(&text(&cert));
+        let o = c.oauth.as_ref().unwrap();
+        assert_eq!(
+            (o.client_secret.as_ref(), o.client_secret_file.as_ref()),
+            (None, None)
+        );
+        assert_eq!(
+            o.client_certificate,
+            Some(ClientCertificate {
+                cert: cert.clone(),
+                key: key.clone()
+            })
+        );
+        assert_eq!(
+            c.warnings,
+            vec![format!(
+                "picorelay.ini: [oauth] client_key: {} is readable or writable by other users (mode 0644): run chmod o-rwx on it",
+                key.display()
+            )]
+        );
+        assert_eq!(c.check_resources(), Vec::<String>::new());
+        let missing = dir.join("nope.pem");
+        assert_eq!(
+            good(&text(&missing)).check_resources(),
+            vec![format!(
+                "picorelay.ini: [oauth] client_certificate: {}: cannot read: no such file",
+                missing.display()
+            )]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -575,6 +575,96 @@ fn client_credentials_grant_delivers_with_the_secret_from_a_file() {
     assert!(auth[0].accepted && auth[0].mech == "XOAUTH2" && auth[0].user == USER);
 }
 
+/// app_certificate makes, in `dir`, the certificate credential of an app registration with
+/// the openssl CLI: app.pem and its PKCS#8 RSA key app.key (0600), plus what the IdP verifies
+/// with (app.der, app.pub.der = PKCS#1 RSAPublicKey) and a key of another pair (other.key).
+fn app_certificate(dir: &Path) {
+    let sh = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=picorelay-app -keyout app.key -out app.pem
+openssl x509 -in app.pem -outform DER -out app.der
+openssl rsa -in app.key -RSAPublicKey_out -outform DER -out app.pub.der
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key
+chmod 600 app.key other.key
+"#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn client_credentials_grant_delivers_with_a_certificate_assertion() {
+    let idp = Idp::start();
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    let dir = relay.dir.path().join("oauth");
+    app_certificate(&dir);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    idp.set_certificate(&read("app.der"), &read("app.pub.der"));
+    let with_key = |key: &str| {
+        format!(
+            "[oauth]\ngrant = client_credentials\nclient_certificate = {}\nclient_key = {}\n",
+            dir.join("app.pem").display(),
+            dir.join(key).display()
+        )
+    };
+    let base = std::fs::read_to_string(&relay.config).unwrap();
+
+    // picorelay check reads the pair: the key of another certificate is named.
+    std::fs::write(&relay.config, merge_ini(&base, &with_key("other.key"))).unwrap();
+    let out = relay.cmd(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let want = format!(
+        "{}: [oauth] client_key: {}: not the private key of client_certificate {}",
+        relay.config.display(),
+        dir.join("other.key").display(),
+        dir.join("app.pem").display()
+    );
+    assert!(text.lines().any(|l| l == want), "{text}");
+
+    std::fs::write(&relay.config, merge_ini(&base, &with_key("app.key"))).unwrap();
+    let out = relay.cmd(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    relay.spawn();
+    submit(&relay, "app-only with a certificate");
+    wait_delivered(&relay, &sink, 1);
+    let reqs = idp.token_requests(None);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let r = &reqs[0];
+    assert_eq!(r.grant(), "client_credentials");
+    assert_eq!(r.get("client_id"), Some("test-client"));
+    assert_eq!(r.get("client_secret"), None);
+    assert_eq!(r.get("client_assertion_type"), Some(idp::JWT_BEARER));
+    assert_eq!(r.get("scope"), Some(MS_APP_SCOPE));
+    // The IdP checked signature, x5t#S256, aud, iss, sub, nbf/exp and jti; it granted.
+    assert!(r.answered.starts_with("200"), "{}", r.answered);
+    let auth = sink.auth_log();
+    assert_eq!(auth.len(), 1);
+    assert!(auth[0].accepted && auth[0].mech == "XOAUTH2" && auth[0].user == USER);
+
+    // The next token request signs a new assertion (a replayed jti would be refused): the
+    // token dies and the open connection drops, so the relay logs in again with a new one.
+    idp.kill_issued();
+    sink.hang_up();
+    submit(&relay, "second token");
+    wait_delivered(&relay, &sink, 2);
+    let reqs = idp.token_requests(None);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[1].answered.starts_with("200"), "{}", reqs[1].answered);
+    assert_ne!(
+        reqs[0].get("client_assertion"),
+        reqs[1].get("client_assertion")
+    );
+}
+
 /// google_relay is a relay for provider google with a confidential client (Google "Desktop
 /// app" clients have a secret), seeded with a valid refresh token, not started.
 fn google_relay(idp: &Idp, sink: &Sink, extra: &str) -> Relay {
@@ -1644,16 +1734,41 @@ fn sighup_drops_the_cached_access_token() {
 fn sendmail_never_reads_the_token_file_or_the_client_secret_file() {
     let idp = Idp::start();
     let relay = prepare_with(&idp, "127.0.0.1:25", "microsoft", "", true);
-    // FIFOs: opening one to read blocks until a writer comes, which never happens here.
     let secret = relay.dir.path().join("oauth").join("secret-fifo");
-    for p in [&secret, &token_file(&relay)] {
+    sendmail_opens_none_of(
+        &relay,
+        &format!("[oauth]\nclient_secret_file = {}\n", secret.display()),
+        &[secret.clone(), token_file(&relay)],
+    );
+}
+
+#[test]
+fn sendmail_never_reads_the_client_certificate_or_key() {
+    let idp = Idp::start();
+    let relay = prepare_with(&idp, "127.0.0.1:25", "microsoft", "", true);
+    let dir = relay.dir.path().join("oauth");
+    let (cert, key) = (dir.join("cert-fifo"), dir.join("key-fifo"));
+    sendmail_opens_none_of(
+        &relay,
+        &format!(
+            "[oauth]\ngrant = client_credentials\nclient_certificate = {}\nclient_key = {}\n",
+            cert.display(),
+            key.display()
+        ),
+        &[cert.clone(), key.clone()],
+    );
+}
+
+/// sendmail_opens_none_of adds `extra` to the relay's config, makes each of `fifos` a FIFO,
+/// and submits a message with `picorelay sendmail`: it must be queued without opening any
+/// of them (with strace when there is one; a FIFO opened for reading blocks forever).
+fn sendmail_opens_none_of(relay: &Relay, extra: &str, fifos: &[PathBuf]) {
+    // FIFOs: opening one to read blocks until a writer comes, which never happens here.
+    for p in fifos {
         let st = Command::new("mkfifo").arg(p).status().unwrap();
         assert!(st.success());
     }
-    let ini = merge_ini(
-        &std::fs::read_to_string(&relay.config).unwrap(),
-        &format!("[oauth]\nclient_secret_file = {}\n", secret.display()),
-    );
+    let ini = merge_ini(&std::fs::read_to_string(&relay.config).unwrap(), extra);
     std::fs::write(&relay.config, ini).unwrap();
     let strace = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "true"])
@@ -1694,7 +1809,7 @@ fn sendmail_never_reads_the_token_file_or_the_client_secret_file() {
         if start.elapsed() > Duration::from_secs(15) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("sendmail blocked: it opened the token file or client_secret_file (FIFOs)");
+            panic!("sendmail blocked: it opened one of {fifos:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -1707,7 +1822,7 @@ fn sendmail_never_reads_the_token_file_or_the_client_secret_file() {
     assert_eq!(queued, 1, "the message is queued");
     if strace {
         let t = std::fs::read_to_string(&trace).unwrap();
-        for p in [&secret, &token_file(&relay)] {
+        for p in fifos {
             let name = p.display().to_string();
             let opens: Vec<&str> = t.lines().filter(|l| l.contains(&name)).collect();
             assert!(opens.is_empty(), "sendmail opened {name}: {opens:?}");

@@ -2,9 +2,11 @@
 //! sent with SASL XOAUTH2 or OAUTHBEARER (RFC 7628) by the SMTP client.
 //!
 //! `json` and `http` are pure parsers plus one small HTTPS POST; `store` keeps the refresh
-//! token file; `token` turns endpoint answers into access tokens and caches them; `login`
-//! holds the interactive sign-in flows and the `oauth` commands.
+//! token file; `token` turns endpoint answers into access tokens and caches them; `assertion`
+//! signs the JWT of a certificate credential; `login` holds the interactive sign-in flows and
+//! the `oauth` commands.
 
+pub mod assertion;
 pub mod http;
 pub mod json;
 pub mod login;

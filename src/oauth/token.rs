@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, OAuth, OAuthGrant};
+use crate::config::{ClientCertificate, Config, OAuth, OAuthGrant};
+use crate::oauth::assertion::{self, Signer};
 use crate::oauth::http::{self, Url};
 use crate::oauth::json::Value;
 use crate::oauth::store::{self, Stored};
@@ -285,6 +286,13 @@ pub fn client_secret(cfg: &OAuth) -> Result<Option<String>, TokenError> {
     }
 }
 
+/// signer loads the certificate credential: at set-up, so `picorelay check` and start-up catch
+/// a bad pair, and again for each token request, so a renewed certificate and key are picked
+/// up without a restart (the way `client_secret_file` is read anew).
+fn signer(c: &ClientCertificate) -> Result<Signer, TokenError> {
+    Signer::load(&c.cert, &c.key).map_err(|e| TokenError::Local(e.to_string()))
+}
+
 /// The access token in memory.
 struct Access {
     token: String,
@@ -325,6 +333,9 @@ impl Tokens {
         let Some(o) = cfg.oauth.as_ref() else {
             return Ok(None);
         };
+        if let Some(c) = &o.client_certificate {
+            signer(c)?;
+        }
         Ok(Some(Tokens {
             cfg: o.clone(),
             endpoint: Endpoint::new(&o.token_url, o)?,
@@ -429,6 +440,20 @@ impl Tokens {
                     ("client_id", self.cfg.client_id.as_str()),
                     ("scope", self.cfg.scope.as_str()),
                 ];
+                // RFC 7523 2.2: a fresh assertion per request (token requests happen once
+                // per token lifetime, not per message); `aud` is the token endpoint.
+                let jwt = match &self.cfg.client_certificate {
+                    Some(c) => Some(
+                        signer(c)?
+                            .assertion(&self.cfg.client_id, url, now_unix())
+                            .map_err(|e| TokenError::Local(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                if let Some(a) = jwt.as_deref() {
+                    form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+                    form.push(("client_assertion", a));
+                }
                 if let Some(s) = secret.as_deref() {
                     form.push(("client_secret", s));
                 }

@@ -2,7 +2,8 @@
 //! test CA's server certificate, one thread per connection, answering JSON with
 //! `Connection: close`. A token endpoint for the refresh_token (optionally rotating, as
 //! Microsoft does), client_credentials, device_code (RFC 8628) and authorization_code with
-//! PKCE (RFC 7636) grants; a device authorization endpoint; scripted answers (5xx, error JSON,
+//! PKCE (RFC 7636) grants; client authentication by secret or by a certificate's signed JWT
+//! (RFC 7523, Microsoft's PS256 with `x5t#S256`); a device authorization endpoint; scripted answers (5xx, error JSON,
 //! chunked, stalled, dripped); a record of every request; and the access tokens it issued, so
 //! the scripted smarthost can check a bearer token (`validator`).
 
@@ -24,6 +25,8 @@ pub const DEVICE_PATH: &str = "/tenant/oauth2/v2.0/devicecode";
 pub const AUTH_PATH: &str = "/auth";
 /// RFC 8628 §3.4 grant type.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// validator(user, token): true when the IdP issued `token` for `user`, it has not expired
 /// and it was not marked dead (revoked server-side).
@@ -155,8 +158,23 @@ pub struct Pkce {
     pub used: bool,
 }
 
+/// The certificate credential registered for the client: what verifies a client assertion.
+struct AppCert {
+    /// BASE64URL(SHA-256(certificate DER)), the `x5t#S256` the assertion must name.
+    x5t: String,
+    /// The certificate's RSA public key, PKCS#1 RSAPublicKey DER.
+    public_key: Vec<u8>,
+}
+
 struct State {
     user: String,
+    /// The token endpoint's own address: the `aud` an assertion must carry.
+    token_url: String,
+    /// Set: a client assertion signed by this certificate's key is accepted instead of the
+    /// secret.
+    app_cert: Option<AppCert>,
+    /// `jti` of every assertion accepted (a replayed one is refused).
+    jtis: Vec<String>,
     client_id: String,
     client_secret: String,
     /// How the client authenticates on grants other than client_credentials (which always
@@ -215,6 +233,9 @@ impl Idp {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
             user: "relay@example.com".into(),
+            token_url: format!("https://127.0.0.1:{port}{TOKEN_PATH}"),
+            app_cert: None,
+            jtis: Vec::new(),
             client_id: "test-client".into(),
             // '+', '&' and '%' must be form-encoded; '~' and '.' are what Entra secrets hold.
             client_secret: format!("cs{}8Q~a.b+c&d%e", random_hex(8)),
@@ -276,6 +297,17 @@ impl Idp {
     pub fn set_client_secret(&self, s: &str) {
         let mut st = self.lock();
         st.client_secret = s.to_string();
+        st.secret = Secret::Required;
+    }
+    /// set_certificate registers a certificate credential (its DER and its RSA public key as
+    /// PKCS#1 DER): client assertions signed with its key are then accepted instead of the
+    /// secret (and make the client confidential).
+    pub fn set_certificate(&self, cert_der: &[u8], rsa_public_der: &[u8]) {
+        let mut st = self.lock();
+        st.app_cert = Some(AppCert {
+            x5t: b64url_nopad(ring::digest::digest(&ring::digest::SHA256, cert_der).as_ref()),
+            public_key: rsa_public_der.to_vec(),
+        });
         st.secret = Secret::Required;
     }
     /// set_public: true = a public client (no secret may be sent on user grants), false = a
@@ -568,6 +600,88 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
+/// check_assertion verifies a JWT client assertion the way Microsoft's identity platform does
+/// for a certificate credential (RFC 7523 §3): the registered certificate by `x5t#S256`, a
+/// PS256 signature by its key, aud = this token endpoint, iss = sub = client_id, a current
+/// nbf..exp window of at most a day, and a jti never seen before; no secret beside it.
+fn check_assertion(
+    g: &mut State,
+    kind: Option<&str>,
+    jwt: &str,
+    secret: Option<&str>,
+) -> Result<(), String> {
+    if kind != Some(JWT_BEARER) {
+        return Err(format!("client_assertion_type {kind:?}"));
+    }
+    if secret.is_some() {
+        return Err("client_secret beside client_assertion".into());
+    }
+    let Some(cert) = &g.app_cert else {
+        return Err("no certificate registered".into());
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [head, body, sig] = parts[..] else {
+        return Err(format!("{} parts, not 3", parts.len()));
+    };
+    let decode = |p: &str| {
+        super::smarthost::b64decode(&p.replace('-', "+").replace('_', "/"))
+            .ok_or_else(|| format!("{p:?} is not base64url"))
+    };
+    let json = |p: &str| {
+        let bytes = decode(p)?;
+        let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+        super::json::parse_json(&text)
+    };
+    let header = json(head)?;
+    let claims = json(body)?;
+    let field = |v: &super::json::Json, k: &str| match v {
+        super::json::Json::Obj(m) => m.get(k).cloned(),
+        _ => None,
+    };
+    let text = |v: &super::json::Json, k: &str| match field(v, k) {
+        Some(super::json::Json::Str(s)) => Some(s),
+        _ => None,
+    };
+    let num = |k: &str| match field(&claims, k) {
+        Some(super::json::Json::Num(n)) => Some(n as u64),
+        _ => None,
+    };
+    if text(&header, "alg").as_deref() != Some("PS256") {
+        return Err(format!("alg {:?}", text(&header, "alg")));
+    }
+    if text(&header, "x5t#S256").as_deref() != Some(cert.x5t.as_str()) {
+        return Err("x5t#S256 names no registered certificate".into());
+    }
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PSS_2048_8192_SHA256,
+        &cert.public_key,
+    );
+    key.verify(format!("{head}.{body}").as_bytes(), &decode(sig)?)
+        .map_err(|_| "bad signature".to_string())?;
+    if text(&claims, "aud").as_deref() != Some(g.token_url.as_str()) {
+        return Err(format!("aud {:?}", text(&claims, "aud")));
+    }
+    for k in ["iss", "sub"] {
+        if text(&claims, k).as_deref() != Some(g.client_id.as_str()) {
+            return Err(format!("{k} {:?}", text(&claims, k)));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    match (num("nbf"), num("exp")) {
+        (Some(nbf), Some(exp)) if nbf <= now + 60 && now < exp && exp <= nbf + 86_400 => {}
+        (nbf, exp) => return Err(format!("nbf {nbf:?} exp {exp:?} at {now}")),
+    }
+    let jti = text(&claims, "jti").unwrap_or_default();
+    if jti.is_empty() || g.jtis.contains(&jti) {
+        return Err(format!("jti {jti:?} missing or replayed"));
+    }
+    g.jtis.push(jti);
+    Ok(())
+}
+
 /// b64url_nopad is base64url without padding (RFC 4648 §5), as PKCE S256 wants it.
 pub fn b64url_nopad(data: &[u8]) -> String {
     super::b64(data)
@@ -784,15 +898,23 @@ fn handle(path: &str, method: &str, form: &[(String, String)], st: &Mutex<State>
     let secret = get("client_secret");
     let needs_secret = g.secret == Secret::Required || grant == "client_credentials";
     let wrong = secret.is_some_and(|s| s != g.client_secret);
-    if (needs_secret && secret.is_none()) || wrong {
+    if let Some(jwt) = get("client_assertion") {
+        if let Err(why) = check_assertion(&mut g, get("client_assertion_type"), jwt, secret) {
+            return refuse(
+                &mut g,
+                401,
+                "invalid_client",
+                &format!("AADSTS700027: Client assertion failed validation: {why}."),
+            );
+        }
+    } else if (needs_secret && secret.is_none()) || wrong {
         return refuse(
             &mut g,
             401,
             "invalid_client",
             "AADSTS7000215: Invalid client secret provided.",
         );
-    }
-    if !needs_secret && g.secret == Secret::Forbidden && secret.is_some() {
+    } else if !needs_secret && g.secret == Secret::Forbidden && secret.is_some() {
         return refuse(
             &mut g,
             401,
