@@ -1133,11 +1133,16 @@ fn a_token_refused_twice_pauses_delivery_without_bouncing() {
     wait_for("queue list to show the 535", || {
         relay.queue_line(&id).contains("535")
     });
-    let first: Vec<_> = sink
-        .auth_log()
-        .into_iter()
-        .filter(|a| a.conn == 1)
-        .collect();
+    let on_first = || -> Vec<_> {
+        sink.auth_log()
+            .into_iter()
+            .filter(|a| a.conn == 1)
+            .collect()
+    };
+    wait_for("two AUTH attempts on the first connection", || {
+        on_first().len() >= 2
+    });
+    let first = on_first();
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(first.iter().all(|a| !a.accepted));
     assert_ne!(
