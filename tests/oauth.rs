@@ -1916,3 +1916,53 @@ fn a_revoked_refresh_token_is_reported_before_any_mail_needs_it() {
         .count();
     assert_eq!(warns, 1, "{}", relay.log_text());
 }
+
+#[test]
+fn a_thousand_messages_need_one_token_request() {
+    // The figure the closing note reports: token requests per 1000 messages sent, with four
+    // devices sending at once and the smarthost dropping its connections now and then (so
+    // the relay logs in again, with the token it holds).
+    let idp = Idp::start();
+    let sink = Sink::start(Opts::microsoft(idp.validator()));
+    let mut relay = prepare(&idp, &sink, "microsoft", "");
+    seed(&relay, &idp.new_refresh_token());
+    relay.spawn();
+    let addr = relay.addr();
+    let devices: Vec<_> = (0..4)
+        .map(|d| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.greet();
+                for i in 0..250 {
+                    let body = message(&format!("alert {d}/{i}"), "disk 3 failed\r\n");
+                    let r = c.send_message("alice@example.com", &["bob@example.org"], &body);
+                    assert!(r.starts_with("250"), "{r}");
+                }
+                c.cmd("QUIT");
+            })
+        })
+        .collect();
+    for n in [250, 500, 750] {
+        wait_for(&format!("{n} messages at the smarthost"), || {
+            sink.txns().len() >= n
+        });
+        sink.hang_up();
+    }
+    for d in devices {
+        d.join().unwrap();
+    }
+    wait_delivered(&relay, &sink, 1000);
+    let logins = sink.auth_log();
+    let requests = idp.count(None);
+    eprintln!(
+        "1000 messages: {requests} token request(s), {} smarthost login(s)",
+        logins.len()
+    );
+    assert!(
+        logins.len() >= 4,
+        "the relay logged in again after each hang-up: {}",
+        logins.len()
+    );
+    assert!(logins.iter().all(|a| a.accepted));
+    assert_eq!(requests, 1, "one token for the whole load");
+}
