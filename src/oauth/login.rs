@@ -9,7 +9,7 @@
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
@@ -265,6 +265,30 @@ fn random_url_text(n: usize) -> Result<String, LoginError> {
 /// What came back to the redirect URI: its query pairs.
 type Redirect = Vec<(String, String)>;
 
+/// The first redirect that arrives, from the browser or pasted (a channel would do, but
+/// std's costs more binary than this).
+#[derive(Clone, Default)]
+struct Answer(Arc<(Mutex<Option<Redirect>>, Condvar)>);
+
+impl Answer {
+    fn give(&self, r: Redirect) {
+        let (slot, cv) = &*self.0;
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(r);
+        cv.notify_all();
+    }
+
+    fn wait(&self, limit: Duration) -> Option<Redirect> {
+        let (slot, cv) = &*self.0;
+        let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = cv
+            .wait_timeout_while(guard, limit, |r| r.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.take()
+    }
+}
+
 /// code_flow is the authorization code grant with PKCE S256 and a loopback redirect: print the
 /// address to open, take the answer from the browser (when it can reach 127.0.0.1 here) or
 /// from the address the person pastes, check `state`, exchange the code.
@@ -306,11 +330,11 @@ fn code_flow(o: &OAuth, auth_url: &str) -> Result<token::Answer, LoginError> {
     );
     let _ = std::io::stdout().flush();
 
-    let (tx, rx) = mpsc::channel::<Redirect>();
-    let from_browser = tx.clone();
-    std::thread::spawn(move || browser_listener(listener, from_browser));
-    std::thread::spawn(move || pasted_lines(tx));
-    let got = rx.recv_timeout(CODE_WAIT).map_err(|_| {
+    let answer = Answer::default();
+    let (from_browser, pasted) = (answer.clone(), answer.clone());
+    std::thread::spawn(move || browser_listener(listener, &from_browser));
+    std::thread::spawn(move || pasted_lines(&pasted));
+    let got = answer.wait(CODE_WAIT).ok_or_else(|| {
         LoginError(format!(
             "no answer within {}: run picorelay oauth login again",
             human(CODE_WAIT.as_secs())
@@ -365,7 +389,7 @@ fn query_of(line: &str) -> Option<Redirect> {
 }
 
 /// pasted_lines reads what the person pastes until one line is an answer.
-fn pasted_lines(tx: mpsc::Sender<Redirect>) {
+fn pasted_lines(answer: &Answer) {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { return };
@@ -374,7 +398,7 @@ fn pasted_lines(tx: mpsc::Sender<Redirect>) {
         }
         match query_of(&line) {
             Some(q) => {
-                let _ = tx.send(q);
+                answer.give(q);
                 return;
             }
             None => eprintln!(
@@ -386,7 +410,7 @@ fn pasted_lines(tx: mpsc::Sender<Redirect>) {
 
 /// browser_listener answers the browser's request to the redirect URI; other requests
 /// (a favicon) get a 404.
-fn browser_listener(listener: TcpListener, tx: mpsc::Sender<Redirect>) {
+fn browser_listener(listener: TcpListener, answer: &Answer) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let Some(target) = request_target(&mut conn) else {
@@ -398,7 +422,7 @@ fn browser_listener(listener: TcpListener, tx: mpsc::Sender<Redirect>) {
                             <p>picorelay received the answer: you can close this window and go \
                             back to the terminal.</p></body></html>\n";
                 respond(&mut conn, "200 OK", body);
-                let _ = tx.send(q);
+                answer.give(q);
                 return;
             }
             None => respond(&mut conn, "404 Not Found", "not found"),
