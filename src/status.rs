@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::delivery::{StageError, StatusSnapshot};
 use crate::message;
+use crate::oauth::json::write_string;
 use crate::queue_cmd::human;
 use crate::sys;
 
@@ -558,7 +559,7 @@ impl JsonObject {
         if self.out.len() > 1 {
             self.out.push(',');
         }
-        json_string(k, &mut self.out);
+        write_string(k, &mut self.out);
         self.out.push(':');
     }
 
@@ -569,7 +570,7 @@ impl JsonObject {
 
     fn str(&mut self, k: &str, v: &str) {
         self.key(k);
-        json_string(v, &mut self.out);
+        write_string(v, &mut self.out);
     }
 
     fn num(&mut self, k: &str, v: u64) {
@@ -591,26 +592,6 @@ impl JsonObject {
         self.out.push('}');
         self.out
     }
-}
-
-/// json_string appends `s` as a JSON string (RFC 8259 section 7): quote, backslash and
-/// control characters escaped; U+2028/U+2029 too, so the output is also valid JavaScript.
-fn json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -729,22 +710,6 @@ mod tests {
         ] {
             assert_eq!(escape(raw), enc);
             assert_eq!(unescape(enc), raw);
-        }
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        for (raw, json) in [
-            ("a", r#""a""#),
-            ("q\"b\\", r#""q\"b\\""#),
-            ("l\r\n\t", r#""l\r\n\t""#),
-            ("\u{1}\u{7f}", r#""\u0001\u007f""#),
-            ("\u{2028}", r#""\u2028""#),
-            ("ü", "\"ü\""),
-        ] {
-            let mut out = String::new();
-            json_string(raw, &mut out);
-            assert_eq!(out, json, "{raw:?}");
         }
     }
 

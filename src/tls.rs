@@ -38,7 +38,7 @@ pub enum TlsError {
     /// No "CERTIFICATE" block in the file.
     NoCertificate { key: &'static str, path: PathBuf },
     /// No unencrypted PKCS#8, RSA or EC private key block in the file.
-    NoKey { path: PathBuf },
+    NoKey { key: &'static str, path: PathBuf },
     /// The key was found but rustls/ring cannot use it.
     BadKey { path: PathBuf, reason: String },
     /// A certificate was found but cannot be used (e.g. a CA that webpki cannot parse).
@@ -67,9 +67,9 @@ impl fmt::Display for TlsError {
                 "{key}: {}: no certificate found: give a PEM file with BEGIN CERTIFICATE blocks",
                 path.display()
             ),
-            TlsError::NoKey { path } => write!(
+            TlsError::NoKey { key, path } => write!(
                 f,
-                "tls_key: {}: no private key found: give an unencrypted PEM key (PKCS#8, RSA or EC)",
+                "{key}: {}: no private key found: give an unencrypted PEM key (PKCS#8, RSA or EC)",
                 path.display()
             ),
             TlsError::BadKey { path, reason } => {
@@ -117,7 +117,10 @@ fn pem_error(key: &'static str, path: &Path, e: pem::Error) -> TlsError {
 }
 
 /// Reads every certificate of a PEM file, refusing a file without any.
-fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let iter = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(key, path, e))?;
     let certs = iter
         .collect::<Result<Vec<_>, _>>()
@@ -131,14 +134,16 @@ fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// Reads the first private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of a PEM file.
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// Reads the first private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of a PEM file; `key` names
+/// the config key of the file in errors.
+pub(crate) fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     match PrivateKeyDer::from_pem_file(path) {
         Ok(k) => Ok(k),
         Err(pem::Error::NoItemsFound) => Err(TlsError::NoKey {
+            key,
             path: path.to_path_buf(),
         }),
-        Err(e) => Err(pem_error("tls_key", path, e)),
+        Err(e) => Err(pem_error(key, path, e)),
     }
 }
 
@@ -149,7 +154,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// key fails at load time instead of at the first handshake.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_certs("tls_cert", cert)?;
-    let key_der = load_key(key)?;
+    let key_der = load_key("tls_key", key)?;
     let provider = provider();
     let signing_key = provider
         .key_provider

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::RsaKeyPair;
-use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::base64::encode_url;
+use crate::tls::{load_certs, load_key, TlsError};
 
 /// `client_assertion_type` of a JWT assertion (RFC 7523 section 2.2).
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -24,24 +24,10 @@ const LIFETIME: u64 = 600;
 /// Why no assertion could be made; each names the `[oauth]` key whose file must be fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AssertionError {
-    /// The file cannot be read.
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    /// The file is not valid PEM.
-    Pem {
-        key: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    /// No CERTIFICATE block in `client_certificate`.
-    NoCertificate { path: PathBuf },
+    /// A PEM file cannot be read, or holds no certificate or key (tls.rs's loaders).
+    File(TlsError),
     /// The first certificate is not DER we can find the public key in.
     BadCertificate { path: PathBuf },
-    /// No unencrypted private key block in `client_key`.
-    NoKey { path: PathBuf },
     /// A key that is not RSA (EC, Ed25519): the certificate credential is signed with RSA.
     NotRsa { path: PathBuf },
     /// An RSA key ring refuses (too short, malformed).
@@ -55,25 +41,10 @@ pub enum AssertionError {
 impl fmt::Display for AssertionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AssertionError::Read { key, path, reason } => {
-                write!(f, "[oauth] {key}: {}: cannot read: {reason}", path.display())
-            }
-            AssertionError::Pem { key, path, reason } => {
-                write!(f, "[oauth] {key}: {}: not valid PEM: {reason}", path.display())
-            }
-            AssertionError::NoCertificate { path } => write!(
-                f,
-                "[oauth] client_certificate: {}: no CERTIFICATE block (the PEM of the certificate uploaded to the app registration)",
-                path.display()
-            ),
+            AssertionError::File(e) => write!(f, "[oauth] {e}"),
             AssertionError::BadCertificate { path } => write!(
                 f,
                 "[oauth] client_certificate: {}: the first certificate is not a valid X.509 certificate",
-                path.display()
-            ),
-            AssertionError::NoKey { path } => write!(
-                f,
-                "[oauth] client_key: {}: no unencrypted private key (PKCS#8 \"PRIVATE KEY\" or PKCS#1 \"RSA PRIVATE KEY\")",
                 path.display()
             ),
             AssertionError::NotRsa { path } => write!(
@@ -196,48 +167,17 @@ impl Signer {
     }
 }
 
-/// Maps a PEM reading error to Read (I/O) or Pem (syntax) for the file behind `key`.
-fn pem_error(key: &'static str, path: &Path, e: pem::Error) -> AssertionError {
-    match e {
-        pem::Error::Io(io) => AssertionError::Read {
-            key,
-            path: path.to_path_buf(),
-            reason: io.to_string(),
-        },
-        other => AssertionError::Pem {
-            key,
-            path: path.to_path_buf(),
-            reason: other.to_string(),
-        },
-    }
-}
-
 /// first_certificate is the first CERTIFICATE block of `path` (a chain may follow it: the
 /// app registration holds the leaf).
 fn first_certificate(path: &Path) -> Result<CertificateDer<'static>, AssertionError> {
-    let key = "client_certificate";
-    let mut iter = CertificateDer::pem_file_iter(path).map_err(|e| pem_error(key, path, e))?;
-    match iter.next() {
-        Some(Ok(c)) => Ok(c),
-        Some(Err(e)) => Err(pem_error(key, path, e)),
-        None => Err(AssertionError::NoCertificate {
-            path: path.to_path_buf(),
-        }),
-    }
+    let mut certs = load_certs("client_certificate", path).map_err(AssertionError::File)?;
+    Ok(certs.swap_remove(0))
 }
 
 /// rsa_key reads the first private key of `path`: PKCS#8 or PKCS#1 RSA; anything else
 /// (SEC1 EC, a PKCS#8 EC or Ed25519 key) is refused by name.
 fn rsa_key(path: &Path) -> Result<RsaKeyPair, AssertionError> {
-    let der = match PrivateKeyDer::from_pem_file(path) {
-        Ok(k) => k,
-        Err(pem::Error::NoItemsFound) => {
-            return Err(AssertionError::NoKey {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(pem_error("client_key", path, e)),
-    };
+    let der = load_key("client_key", path).map_err(AssertionError::File)?;
     let parsed = match &der {
         PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
         PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
@@ -317,23 +257,10 @@ fn tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
-/// json_string is `s` as a JSON string (RFC 8259 7): the client id and token URL come from
-/// the config, so quotes, backslashes and control characters are escaped.
+/// json_string is `s` as a JSON string: the client id and token URL come from the config.
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::oauth::json::write_string(s, &mut out);
     out
 }
 
@@ -473,8 +400,8 @@ openssl genpkey -algorithm ED25519 -out ed.key
                 "small.key",
                 format!("[oauth] client_key: {dir}/small.key: the RSA key is shorter than 2048 bits"),
             ),
-            ("rsa.pem", "rsa.pem", format!("[oauth] client_key: {dir}/rsa.pem: no unencrypted private key")),
-            ("rsa.key", "rsa.key", format!("[oauth] client_certificate: {dir}/rsa.key: no CERTIFICATE block")),
+            ("rsa.pem", "rsa.pem", format!("[oauth] client_key: {dir}/rsa.pem: no private key found")),
+            ("rsa.key", "rsa.key", format!("[oauth] client_certificate: {dir}/rsa.key: no certificate found")),
             ("none.pem", "rsa.key", format!("[oauth] client_certificate: {dir}/none.pem: cannot read: ")),
             ("rsa.pem", "none.key", format!("[oauth] client_key: {dir}/none.key: cannot read: ")),
         ];
@@ -496,22 +423,6 @@ openssl genpkey -algorithm ED25519 -out ed.key
             &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert_eq!(subject_public_key(bad), None);
-        }
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        let cases = [
-            ("plain-id", r#""plain-id""#),
-            (r#"a"b"#, r#""a\"b""#),
-            (r"a\b", r#""a\\b""#),
-            ("a\nb\u{1}\u{1f}", r#""a\nb\u0001\u001f""#),
-            ("é/€", "\"é/€\""),
-        ];
-        for (input, want) in cases {
-            assert_eq!(json_string(input), want);
-            let back = json::parse(want.as_bytes()).unwrap();
-            assert_eq!(back.as_str(), Some(input));
         }
     }
 }

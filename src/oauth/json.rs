@@ -411,6 +411,26 @@ fn duplicate(members: &[(String, Value)]) -> Option<usize> {
         .min()
 }
 
+/// write_string appends `s` as a JSON string (RFC 8259 section 7): quote, backslash and
+/// control characters escaped; U+2028/U+2029 too, so the output is also valid JavaScript.
+pub fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,5 +743,22 @@ mod tests {
     fn error_display() {
         let e = parse(b"[1,]").unwrap_err();
         assert_eq!(e.to_string(), "invalid JSON at byte 3: expected a value");
+    }
+
+    #[test]
+    fn strings_are_written_escaped_and_read_back() {
+        for (raw, json) in [
+            ("a", r#""a""#),
+            ("q\"b\\", r#""q\"b\\""#),
+            ("l\r\n\t", r#""l\r\n\t""#),
+            ("\u{1}\u{1f}\u{7f}", r#""\u0001\u001f\u007f""#),
+            ("\u{2028}", r#""\u2028""#),
+            ("é/€ü", "\"é/€ü\""),
+        ] {
+            let mut out = String::new();
+            write_string(raw, &mut out);
+            assert_eq!(out, json, "{raw:?}");
+            assert_eq!(parse(out.as_bytes()).unwrap().as_str(), Some(raw));
+        }
     }
 }
