@@ -61,7 +61,6 @@ fn prepare(idp: &Idp, sink: &Sink, provider: &str, extra: &str) -> Relay {
 fn prepare_with(idp: &Idp, sink: &str, provider: &str, extra: &str, own_file: bool) -> Relay {
     let dir = TempDir::new("oauth");
     let spool = dir.path().join("spool");
-    let config = dir.path().join("picorelay.ini");
     let tf = dir.path().join("oauth").join("oauth-token");
     std::fs::create_dir_all(tf.parent().unwrap()).unwrap();
     std::fs::set_permissions(tf.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -72,14 +71,7 @@ fn prepare_with(idp: &Idp, sink: &str, provider: &str, extra: &str, own_file: bo
         ),
         extra,
     );
-    std::fs::write(&config, ini).unwrap();
-    Relay {
-        dir,
-        config,
-        child: None,
-        log: Arc::new(Mutex::new(Vec::new())),
-        addrs: Vec::new(),
-    }
+    Relay::prepared(dir, &ini)
 }
 
 fn token_file(r: &Relay) -> PathBuf {

@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
@@ -21,16 +21,8 @@ use std::time::{Duration, Instant};
 /// prepare writes the config of a relay without starting it.
 fn prepare(extra: &str) -> Relay {
     let dir = TempDir::new("ops");
-    let spool = dir.path().join("spool");
-    let config = dir.path().join("picorelay.ini");
-    std::fs::write(&config, merge_ini(&base_ini(&spool), extra)).unwrap();
-    Relay {
-        dir,
-        config,
-        child: None,
-        log: Arc::new(Mutex::new(Vec::new())),
-        addrs: Vec::new(),
-    }
+    let ini = merge_ini(&base_ini(&dir.path().join("spool")), extra);
+    Relay::prepared(dir, &ini)
 }
 
 fn serve_cmd(r: &Relay) -> Command {

@@ -134,18 +134,23 @@ impl Relay {
     /// start writes the config (base + extra) and starts the relay.
     pub fn start(extra: &str) -> Relay {
         let dir = TempDir::new("relay");
-        let spool = dir.path().join("spool");
+        let ini = merge_ini(&base_ini(&dir.path().join("spool")), extra);
+        let mut r = Relay::prepared(dir, &ini);
+        r.spawn();
+        r
+    }
+
+    /// prepared writes `ini` as picorelay.ini in `dir`: a relay ready to spawn.
+    pub fn prepared(dir: TempDir, ini: &str) -> Relay {
         let config = dir.path().join("picorelay.ini");
-        std::fs::write(&config, merge_ini(&base_ini(&spool), extra)).unwrap();
-        let mut r = Relay {
+        std::fs::write(&config, ini).unwrap();
+        Relay {
             dir,
             config,
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),
             addrs: Vec::new(),
-        };
-        r.spawn();
-        r
+        }
     }
 
     /// spawn starts the binary and waits until every listener is logged.
