@@ -19,6 +19,9 @@
 //! - `[smarthost] password_file` and `[oauth] client_secret_file` become a
 //!   temporary file holding a password (mode 0600);
 //! - `[oauth] ca_file` becomes the generated certificate, as `[smarthost] ca_file`;
+//! - `[oauth] client_certificate` / `client_key` become a second generated self-signed
+//!   certificate with its RSA key (the certificate credential takes RSA only; `check` loads
+//!   the pair);
 //! - `[server] pid_file` and `[log] file` become paths in the temporary folder;
 //! - `[server] user` becomes the user running the test (the example's account,
 //!   e.g. `picorelay`, need not exist here).
@@ -103,6 +106,8 @@ struct Scratch {
     cert: PathBuf,
     key: PathBuf,
     password: PathBuf,
+    rsa_cert: PathBuf,
+    rsa_key: PathBuf,
     user: String,
 }
 
@@ -142,10 +147,27 @@ impl Scratch {
             "openssl req failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The `[oauth]` certificate credential: RSA, as the guide's openssl command makes it.
+        let rsa_cert = dir.join("oauth-rsa.crt");
+        let rsa_key = dir.join("oauth-rsa.key");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes"])
+            .args(["-days", "30", "-subj", "/CN=picorelay", "-keyout"])
+            .arg(&rsa_key)
+            .arg("-out")
+            .arg(&rsa_cert)
+            .output()
+            .expect("run openssl (install the openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl req (rsa) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let password = dir.join("password");
         std::fs::write(&password, "not-a-real-password\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&rsa_key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let user = Command::new("id")
             .arg("-un")
             .output()
@@ -158,6 +180,8 @@ impl Scratch {
             cert,
             key,
             password,
+            rsa_cert,
+            rsa_key,
             user,
         }
     }
@@ -208,6 +232,8 @@ fn patch(ex: &Example, s: &Scratch, n: usize) -> String {
             ("smarthost", "password_file") | ("oauth", "client_secret_file") => {
                 Some(s.password.clone())
             }
+            ("oauth", "client_certificate") => Some(s.rsa_cert.clone()),
+            ("oauth", "client_key") => Some(s.rsa_key.clone()),
             ("server", "pid_file") => Some(s.dir.join(format!("pid-{n}"))),
             ("log", "file") => Some(s.dir.join(format!("log-{n}"))),
             ("server", "user") => {
@@ -351,6 +377,21 @@ fn the_patch_rules_do_what_the_module_comment_says() {
         "{text}"
     );
     assert!(!text.contains("/etc/"), "{text}");
+    let ex = Example {
+        file: "inline".to_string(),
+        line: 1,
+        text: "[oauth]\nclient_certificate = /etc/picorelay/m365.crt\nclient_key = /etc/picorelay/m365.key\n"
+            .to_string(),
+    };
+    assert!(
+        patch(&ex, &scratch, 2).starts_with(&format!(
+            "[oauth]\nclient_certificate = {}\nclient_key = {}\n",
+            scratch.rsa_cert.display(),
+            scratch.rsa_key.display()
+        )),
+        "{}",
+        patch(&ex, &scratch, 2)
+    );
     // No [queue] at all: one is appended.
     let ex = Example {
         file: "inline".to_string(),
