@@ -38,6 +38,9 @@ const TLS_HANDSHAKE: Duration = Duration::from_secs(30);
 const MIN_DATA_RATE: u64 = 1024;
 const DATA_GRACE: Duration = Duration::from_secs(30);
 
+/// How long the reply to a session the pool ends may take to write.
+const FAREWELL_WRITE: Duration = Duration::from_secs(1);
+
 /// Input read buffer per session; a command line is at most MAX_LINE.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -773,11 +776,16 @@ impl Conn {
 
     /// set_timeouts sets the socket's read and write timeouts (session start).
     fn set_timeouts(&mut self, t: Duration) {
+        self.set_write_timeout(t);
+        self.read_timeout = None;
+        self.set_read_timeout(t);
+    }
+
+    /// set_write_timeout changes the socket's write timeout.
+    fn set_write_timeout(&mut self, t: Duration) {
         if let Ok(s) = self.stream() {
             let _ = s.tcp().set_write_timeout(Some(t));
         }
-        self.read_timeout = None;
-        self.set_read_timeout(t);
     }
 
     /// set_read_timeout changes the read timeout when it differs from the one
@@ -1072,9 +1080,15 @@ fn run_session(
             log::info!("{}: timed out", peer.tag);
             conn.push(&reply::timeout());
         }
-        // Logged by the pool when it ended the session.
-        Err(ReadEnd::Ended(Ending::Evicted)) => conn.push(&reply::evicted()),
-        Err(ReadEnd::Ended(Ending::Stale)) => conn.push(&reply::idle_too_long()),
+        // Logged by the pool when it ended the session; the worker is wanted elsewhere, so
+        // a client that does not read gets a second, not command_timeout, for the reply.
+        Err(ReadEnd::Ended(how)) => {
+            conn.set_write_timeout(FAREWELL_WRITE);
+            conn.push(&match how {
+                Ending::Evicted => reply::evicted(),
+                Ending::Stale => reply::idle_too_long(),
+            });
+        }
         Err(ReadEnd::TooSlow) => conn.push(&reply::data_too_slow()),
         Err(ReadEnd::Closed) if shared.is_shutting_down() => conn.push(&reply::shutting_down()),
         Err(ReadEnd::Error(e)) => log::info!("{}: connection error: {e}", peer.tag),
