@@ -1371,6 +1371,7 @@ fn bearer_attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::tests::far;
     use std::net::TcpListener;
     use std::path::PathBuf;
     use std::sync::{Mutex, OnceLock};
@@ -1477,7 +1478,7 @@ mod tests {
                     }
                     Tls => {
                         let plain = s.take().unwrap();
-                        s = Some(plain.accept_tls(server_tls()).unwrap());
+                        s = Some(plain.accept_tls(server_tls(), far()).unwrap());
                     }
                     Wait(ms) => std::thread::sleep(Duration::from_millis(ms)),
                     Close => return log,
@@ -2764,7 +2765,7 @@ mod tests {
                 port,
                 std::thread::spawn(move || {
                     let (tcp, _) = l.accept().unwrap();
-                    let _ = Stream::Plain(tcp).accept_tls(server_tls());
+                    let _ = Stream::Plain(tcp).accept_tls(server_tls(), far());
                 }),
             )
         })

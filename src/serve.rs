@@ -203,7 +203,7 @@ fn start(cfg: Config) -> Result<(), String> {
         log::info!("listening on {a}");
     }
     let mut publisher = Publisher::new(spool.dir());
-    publish(&mut publisher, &shared, &runner);
+    publish(&mut publisher, &server, &shared, &runner);
     // Listeners answer, root is gone, the queue is known: ready (systemd Type=notify).
     sys::sd_notify("READY=1");
     main_loop(
@@ -228,11 +228,11 @@ fn start(cfg: Config) -> Result<(), String> {
 }
 
 /// publish answers status requests and refreshes systemd's STATUS= line.
-fn publish(publisher: &mut Publisher, shared: &Shared, runner: &Runner) {
+fn publish(publisher: &mut Publisher, server: &Server, shared: &Shared, runner: &Runner) {
     let accept = shared
         .last_accept_error()
         .map(|(time, message)| StageError { time, message });
-    let _ = publisher.publish(&runner.state().snapshot(), accept);
+    let _ = publisher.publish(&runner.state().snapshot(), accept, server.pool_figures());
 }
 
 /// main_loop accepts connections and reacts to signals until SIGTERM/SIGINT.
@@ -261,7 +261,7 @@ fn main_loop(
         for &i in ready.iter().filter(|&&i| i < n_listeners) {
             server.accept_ready(i);
         }
-        server.expire_waiting();
+        server.tick();
         for sig in signals.take() {
             match sig {
                 Signal::Terminate => return,
@@ -269,6 +269,6 @@ fn main_loop(
                 Signal::Flush => runner.handle().flush(),
             }
         }
-        publish(publisher, shared, runner);
+        publish(publisher, server, shared, runner);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::crypt;
 use crate::message::{self, Trace, MAX_RECEIVED};
+use crate::pressure::{self, View};
 use crate::session::{self, Action, Authenticator, DataOutcome, Policy, Session};
 use crate::smtp::command::{scan_line, skip_line, LineScan, MAX_AUTH_LINE};
 use crate::smtp::data::DataReader;
@@ -26,6 +27,19 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 /// How long a connection may wait for a free worker before it gets 421 4.3.2.
 const QUEUE_WAIT: Duration = Duration::from_secs(3);
+
+/// The TLS handshake (STARTTLS or implicit TLS) must be over within this, or within
+/// command_timeout when that is shorter: a whole-handshake deadline, not one per read.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(30);
+
+/// DATA must average at least this many bytes a second once its grace is over: a 10 MB
+/// message over a link of a few hundred KB/s passes, one byte a second does not hold a
+/// worker for hours. The grace is data_timeout, at most DATA_GRACE.
+const MIN_DATA_RATE: u64 = 1024;
+const DATA_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the reply to a session the pool ends may take to write.
+const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 
 /// Input read buffer per session; a command line is at most MAX_LINE.
 const READ_CHUNK: usize = 16 * 1024;
@@ -97,7 +111,12 @@ pub struct Shared {
     next_session: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     brake: Mutex<HashMap<IpAddr, BrakeEntry>>,
-    active: Mutex<HashMap<u64, TcpStream>>,
+    /// The sessions being served, as the pool sees them (eviction, stress mode, shutdown).
+    active: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// Sessions ended for a waiting client since start (`status`).
+    evictions: AtomicU64,
+    /// The zero of the sessions' idle clocks.
+    epoch: Instant,
     /// The last time the spool could not take a message, and why (`status`).
     accept_error: Mutex<Option<(u64, String)>>,
     /// Called after each message is committed (wakes the delivery runner).
@@ -108,6 +127,110 @@ struct BrakeEntry {
     failures: u32,
     window_start: Instant,
     blocked_until: Option<Instant>,
+}
+
+/// One session being served, as the pool sees it. The session moves itself between Busy and
+/// Idle; the accept loop may move an Idle one to Evicted or Stale (one compare-and-swap
+/// each way, so a session that has just started a command is never ended for it) and then
+/// shuts the read side of its socket, which ends the blocked read at once.
+struct Slot {
+    ip: IpAddr,
+    /// A clone of the session's socket.
+    tcp: TcpStream,
+    state: AtomicU8,
+    /// When it became Idle, milliseconds since `Shared::epoch`.
+    idle_since: AtomicU64,
+}
+
+const BUSY: u8 = 0;
+const IDLE: u8 = 1;
+const EVICTED: u8 = 2;
+const STALE: u8 = 3;
+
+/// Why the pool ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// For a client waiting for a worker.
+    Evicted,
+    /// Idle too long while the pool is nearly full.
+    Stale,
+}
+
+impl Slot {
+    /// idle: waiting for a command outside a transaction, from now on (kept when already so).
+    fn idle(&self, now_ms: u64) {
+        if self
+            .state
+            .compare_exchange(BUSY, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.idle_since.store(now_ms, Ordering::SeqCst);
+        }
+    }
+
+    /// busy claims the session for a command; Err when the pool has ended it meanwhile.
+    fn busy(&self) -> Result<(), Ending> {
+        match self
+            .state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) | Err(BUSY) => Ok(()),
+            Err(EVICTED) => Err(Ending::Evicted),
+            Err(_) => Err(Ending::Stale),
+        }
+    }
+
+    /// ended says whether the pool has ended the session.
+    fn ended(&self) -> Option<Ending> {
+        match self.state.load(Ordering::SeqCst) {
+            EVICTED => Some(Ending::Evicted),
+            STALE => Some(Ending::Stale),
+            _ => None,
+        }
+    }
+
+    /// end ends an Idle session: false when it is busy (or already ended) by now.
+    fn end(&self, how: Ending) -> bool {
+        let to = match how {
+            Ending::Evicted => EVICTED,
+            Ending::Stale => STALE,
+        };
+        let ok = self
+            .state
+            .compare_exchange(IDLE, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if ok {
+            let _ = self.tcp.shutdown(Shutdown::Read);
+        }
+        ok
+    }
+
+    /// view is what the pressure decisions see.
+    fn view(&self, id: u64, now_ms: u64) -> View {
+        let idle = (self.state.load(Ordering::SeqCst) == IDLE).then(|| {
+            Duration::from_millis(now_ms.saturating_sub(self.idle_since.load(Ordering::SeqCst)))
+        });
+        View {
+            id,
+            ip: self.ip,
+            idle,
+        }
+    }
+}
+
+/// The worker pool's figures for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// Workers in the pool.
+    pub workers: usize,
+    /// Sessions being served.
+    pub busy: usize,
+    /// Connections waiting for a worker.
+    pub waiting: usize,
+    /// Idle sessions ended for a waiting client, since start.
+    pub evictions: u64,
+    /// Connections answered with a refusal at connect (busy, limits, shutdown), since start.
+    pub refusals: u64,
 }
 
 impl Shared {
@@ -129,6 +252,8 @@ impl Shared {
             per_ip: Mutex::new(HashMap::new()),
             brake: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            evictions: AtomicU64::new(0),
+            epoch: Instant::now(),
             accept_error: Mutex::new(None),
             on_queued,
         }
@@ -156,6 +281,11 @@ impl Shared {
 
     fn note_accept_error(&self, why: String) {
         *lock(&self.accept_error) = Some((message::now(), why));
+    }
+
+    /// now_ms is the sessions' idle clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -370,10 +500,73 @@ impl Server {
         });
         drop(q);
         self.pool.ready.notify_one();
+        self.relieve();
+    }
+
+    /// tick runs from the accept loop a few times a second: it makes room for connections
+    /// waiting for a worker, applies stress mode, and refuses what waited too long.
+    pub fn tick(&self) {
+        self.relieve();
+        self.expire_waiting();
+    }
+
+    /// relieve ends idle sessions when the pool needs it: one per connection waiting
+    /// beyond the idle workers and the sessions already ending (see `pressure::victim`),
+    /// and, while the pool is nearly full, those idle longer than STRESS_IDLE.
+    fn relieve(&self) {
+        let waiting = lock(&self.pool.queue).len();
+        let free = self.pool.idle.load(Ordering::SeqCst);
+        let now = self.shared.now_ms();
+        let slots: Vec<(u64, Arc<Slot>)> = lock(&self.shared.active)
+            .iter()
+            .map(|(id, s)| (*id, Arc::clone(s)))
+            .collect();
+        let ending = slots.iter().filter(|(_, s)| s.ended().is_some()).count();
+        let mut views: Vec<View> = slots.iter().map(|(id, s)| s.view(*id, now)).collect();
+        let slot = |id: u64| slots.iter().find(|(i, _)| *i == id).map(|(_, s)| s);
+        let mut need = waiting.saturating_sub(free + ending);
+        while need > 0 {
+            let Some(id) = pressure::victim(&views) else {
+                break;
+            };
+            let view = views.iter_mut().find(|v| v.id == id);
+            let idle = view.as_ref().and_then(|v| v.idle).unwrap_or_default();
+            if let Some(v) = view {
+                v.idle = None;
+            }
+            if slot(id).is_some_and(|s| s.end(Ending::Evicted)) {
+                self.shared.evictions.fetch_add(1, Ordering::Relaxed);
+                let ip = slot(id).map(|s| s.ip.to_string()).unwrap_or_default();
+                log::warn!(
+                    "session {id:x} from {ip}: evicted after {}s idle: a client is waiting for a worker",
+                    idle.as_secs()
+                );
+                need -= 1;
+            }
+        }
+        for id in pressure::stale(&views, self.pool.capacity) {
+            if slot(id).is_some_and(|s| s.end(Ending::Stale)) {
+                log::info!(
+                    "session {id:x}: idle too long while the server is busy (over {}s)",
+                    pressure::STRESS_IDLE.as_secs()
+                );
+            }
+        }
+    }
+
+    /// pool_figures are the pool's numbers for `status`.
+    pub fn pool_figures(&self) -> PoolFigures {
+        PoolFigures {
+            workers: self.pool.capacity,
+            busy: lock(&self.shared.active).len(),
+            waiting: lock(&self.pool.queue).len(),
+            evictions: self.shared.evictions.load(Ordering::Relaxed),
+            refusals: REFUSALS.load(Ordering::Relaxed),
+        }
     }
 
     /// expire_waiting answers 421 to connections that waited too long for a worker.
-    pub fn expire_waiting(&self) {
+    fn expire_waiting(&self) {
         refusal_log_tick();
         let mut expired = Vec::new();
         {
@@ -407,15 +600,15 @@ impl Server {
         self.pool.ready.notify_all();
         // Sessions blocked in a read see end-of-file now; a message whose data is
         // incomplete is dropped with its tmp file, one already read is committed.
-        for tcp in lock(&self.shared.active).values() {
-            let _ = tcp.shutdown(Shutdown::Read);
+        for slot in lock(&self.shared.active).values() {
+            let _ = slot.tcp.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && self.workers.iter().any(|w| !w.is_finished()) {
             thread::sleep(Duration::from_millis(20));
         }
-        for tcp in lock(&self.shared.active).values() {
-            let _ = tcp.shutdown(Shutdown::Both);
+        for slot in lock(&self.shared.active).values() {
+            let _ = slot.tcp.shutdown(Shutdown::Both);
         }
         for w in self.workers.drain(..) {
             if w.is_finished() {
@@ -448,6 +641,9 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
 /// connections must not become a flood of log lines (or of flash writes).
 const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
 
+/// Connections refused at connect since start (`status`).
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
+
 /// The second refusals are being counted in, and how many there were.
 static REFUSAL_SECOND: AtomicU64 = AtomicU64::new(0);
 static REFUSAL_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -470,6 +666,7 @@ fn refusal_log_tick() {
 /// refuse sends one reply to a connection we will not serve and closes it.
 /// The write cannot block for long: a fresh socket's send buffer is empty.
 fn refuse(mut tcp: TcpStream, r: &Reply, peer: SocketAddr, why: &str) {
+    REFUSALS.fetch_add(1, Ordering::Relaxed);
     refusal_log_tick();
     if REFUSAL_COUNT.fetch_add(1, Ordering::Relaxed) < REFUSALS_LOGGED_PER_SECOND {
         log::warn!("connection from {}: refused: {why}", peer.ip());
@@ -508,6 +705,10 @@ enum ReadEnd {
     Closed,
     Timeout,
     Error(io::Error),
+    /// The pool ended the session (see `Slot`).
+    Ended(Ending),
+    /// DATA arrived below MIN_DATA_RATE.
+    TooSlow,
 }
 
 /// Conn is the socket side of one session: buffered input, batched output.
@@ -575,11 +776,16 @@ impl Conn {
 
     /// set_timeouts sets the socket's read and write timeouts (session start).
     fn set_timeouts(&mut self, t: Duration) {
+        self.set_write_timeout(t);
+        self.read_timeout = None;
+        self.set_read_timeout(t);
+    }
+
+    /// set_write_timeout changes the socket's write timeout.
+    fn set_write_timeout(&mut self, t: Duration) {
         if let Ok(s) = self.stream() {
             let _ = s.tcp().set_write_timeout(Some(t));
         }
-        self.read_timeout = None;
-        self.set_read_timeout(t);
     }
 
     /// set_read_timeout changes the read timeout when it differs from the one
@@ -673,9 +879,23 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
             ""
         }
     );
-    if let Ok(clone) = p.tcp.try_clone() {
-        lock(&shared.active).insert(id, clone);
-    }
+    let Ok(clone) = p.tcp.try_clone() else {
+        // Without a handle the pool could neither evict the session nor end it at shutdown.
+        refuse(
+            p.tcp,
+            &reply::service_unavailable("too busy, try again later"),
+            p.peer,
+            "out of file descriptors",
+        );
+        return;
+    };
+    let slot = Arc::new(Slot {
+        ip,
+        tcp: clone,
+        state: AtomicU8::new(BUSY),
+        idle_since: AtomicU64::new(0),
+    });
+    lock(&shared.active).insert(id, Arc::clone(&slot));
     let mut conn = Conn {
         stream: Some(Stream::Plain(p.tcp)),
         input: InBuf::default(),
@@ -683,10 +903,10 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
         read_timeout: None,
     };
     conn.set_timeouts(cfg.server.command_timeout);
-    let accepted = if p.implicit_tls && !start_tls(shared, &mut conn, &peer) {
+    let accepted = if p.implicit_tls && !start_tls(shared, &cfg, &mut conn, &peer) {
         0
     } else {
-        run_session(shared, &cfg, &mut conn, &peer, p.implicit_tls)
+        run_session(shared, &cfg, &mut conn, &peer, &slot, p.implicit_tls)
     };
     let _ = conn.flush();
     if let Some(s) = conn.stream.take() {
@@ -701,15 +921,17 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
     );
 }
 
-/// start_tls runs the server handshake on the connection; false when it failed.
-fn start_tls(shared: &Shared, conn: &mut Conn, peer: &Peer) -> bool {
+/// start_tls runs the server handshake on the connection, within min(command_timeout,
+/// TLS_HANDSHAKE) for the whole of it; false when it failed.
+fn start_tls(shared: &Shared, cfg: &Config, conn: &mut Conn, peer: &Peer) -> bool {
     let Some(tls) = &shared.tls else { return false };
     let Some(plain) = conn.stream.take() else {
         return false;
     };
     // CVE-2011-0411: nothing the client sent before the handshake may be read after it.
     conn.input.clear();
-    match plain.accept_tls(tls.current()) {
+    let deadline = Instant::now() + cfg.server.command_timeout.min(TLS_HANDSHAKE);
+    match plain.accept_tls(tls.current(), deadline) {
         Ok(s) => {
             log::debug!(
                 "{}: TLS established: {}",
@@ -717,6 +939,8 @@ fn start_tls(shared: &Shared, conn: &mut Conn, peer: &Peer) -> bool {
                 s.tls_info().unwrap_or_default()
             );
             conn.stream = Some(s);
+            // The handshake moved the socket's timeouts to its deadline.
+            conn.set_timeouts(cfg.server.command_timeout);
             true
         }
         Err(e) => {
@@ -753,6 +977,7 @@ fn run_session(
     cfg: &Config,
     conn: &mut Conn,
     peer: &Peer,
+    slot: &Slot,
     implicit_tls: bool,
 ) -> u32 {
     let users = shared.users();
@@ -760,12 +985,15 @@ fn run_session(
     conn.push(&session.greeting());
     let mut accepted = 0;
     let mut skipping = 0usize; // octets skipped of an over-long line
+                               // When the command line being read began (its first byte seen), for the whole-line deadline.
+    let mut line_started: Option<Instant> = None;
     let result = loop {
         if skipping > 0 {
             match skip_line(conn.pending()) {
                 Some(n) => {
                     conn.input.consume(n);
                     skipping = 0;
+                    line_started = None;
                 }
                 None => {
                     skipping += conn.pending().len();
@@ -774,14 +1002,25 @@ fn run_session(
                         conn.push(&reply::too_many_errors());
                         break Ok(());
                     }
-                    if let Err(end) = conn.fill() {
+                    let idle = session.transaction().is_none();
+                    if let Err(end) =
+                        wait_line(shared, cfg, conn, slot, idle, true, &mut line_started)
+                    {
                         break Err(end);
                     }
                 }
             }
             continue;
         }
-        let action = match scan_line(conn.pending(), MAX_AUTH_LINE) {
+        let scanned = scan_line(conn.pending(), MAX_AUTH_LINE);
+        if !matches!(scanned, LineScan::NeedMore) {
+            // A command to act on: the pool may no longer end this session (or just has).
+            if let Err(how) = slot.busy() {
+                break Err(ReadEnd::Ended(how));
+            }
+            line_started = None;
+        }
+        let action = match scanned {
             LineScan::Line { end, next } => {
                 let line = &conn.input.pending()[..end];
                 // A SASL response line is a secret, not a command: log no part of it.
@@ -806,7 +1045,11 @@ fn run_session(
                     conn.push(&reply::shutting_down());
                     break Ok(());
                 }
-                if let Err(end) = conn.fill() {
+                let idle = session.transaction().is_none();
+                let mid_line = !conn.pending().is_empty();
+                if let Err(end) =
+                    wait_line(shared, cfg, conn, slot, idle, mid_line, &mut line_started)
+                {
                     break Err(end);
                 }
                 continue;
@@ -820,7 +1063,7 @@ fn run_session(
             }
             Action::StartTls(r) => {
                 conn.push(&r);
-                if conn.flush().is_err() || !start_tls(shared, conn, peer) {
+                if conn.flush().is_err() || !start_tls(shared, cfg, conn, peer) {
                     break Ok(());
                 }
                 session.tls_started();
@@ -837,11 +1080,58 @@ fn run_session(
             log::info!("{}: timed out", peer.tag);
             conn.push(&reply::timeout());
         }
+        // Logged by the pool when it ended the session; the worker is wanted elsewhere, so
+        // a client that does not read gets a second, not command_timeout, for the reply.
+        Err(ReadEnd::Ended(how)) => {
+            conn.set_write_timeout(FAREWELL_WRITE);
+            conn.push(&match how {
+                Ending::Evicted => reply::evicted(),
+                Ending::Stale => reply::idle_too_long(),
+            });
+        }
+        Err(ReadEnd::TooSlow) => conn.push(&reply::data_too_slow()),
         Err(ReadEnd::Closed) if shared.is_shutting_down() => conn.push(&reply::shutting_down()),
         Err(ReadEnd::Error(e)) => log::info!("{}: connection error: {e}", peer.tag),
         _ => {}
     }
     accepted
+}
+
+/// wait_line reads more input while a command line is awaited. Outside a transaction the
+/// session counts as idle for the pool (it may be evicted or, under pressure, cut short). A
+/// line must be whole within command_timeout of its first byte: RFC 5321 4.5.3.2 asks for a
+/// timeout per command, and one per read would let a client trickle a byte at a time forever.
+fn wait_line(
+    shared: &Shared,
+    cfg: &Config,
+    conn: &mut Conn,
+    slot: &Slot,
+    idle: bool,
+    mid_line: bool,
+    line_started: &mut Option<Instant>,
+) -> Result<(), ReadEnd> {
+    if idle {
+        slot.idle(shared.now_ms());
+    }
+    let limit = cfg.server.command_timeout;
+    let timeout = if mid_line {
+        let started = *line_started.get_or_insert_with(Instant::now);
+        let left = (started + limit).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadEnd::Timeout);
+        }
+        left
+    } else {
+        *line_started = None;
+        limit
+    };
+    conn.set_read_timeout(timeout);
+    let read = conn.fill();
+    // An end of input may be the pool's doing: then the pool's reply goes out.
+    match slot.ended() {
+        Some(how) => Err(ReadEnd::Ended(how)),
+        None => read,
+    }
 }
 
 /// verb_of gives the command word of a line for the log, never its arguments
@@ -937,12 +1227,14 @@ fn receive_data(
         time: env.arrival,
     });
     let mut write_failed = write_spool(shared, &mut incoming, header.as_bytes(), peer);
-    conn.set_read_timeout(cfg.server.data_timeout);
     let mut reader = DataReader::new(cfg.server.max_message_size);
     let mut chunk = Vec::with_capacity(READ_CHUNK + 64);
+    let pace = DataPace::new(cfg.server.data_timeout);
+    let mut received = 0u64;
     loop {
         let (used, done) = reader.feed(conn.pending(), &mut chunk);
         conn.input.consume(used);
+        received += used as u64;
         if !chunk.is_empty() {
             if !write_failed && !reader.exceeded() {
                 write_failed = write_spool(shared, &mut incoming, &chunk, peer);
@@ -952,16 +1244,29 @@ fn receive_data(
         if done {
             break;
         }
-        if let Err(end) = conn.fill() {
+        let read = match pace.timeout(received) {
+            Some(t) => {
+                conn.set_read_timeout(t);
+                conn.fill().map_err(|end| match end {
+                    ReadEnd::Timeout if pace.timeout(received).is_none() => ReadEnd::TooSlow,
+                    end => end,
+                })
+            }
+            None => Err(ReadEnd::TooSlow),
+        };
+        if let Err(end) = read {
             // Incomplete data: the tmp file goes with `incoming` (nothing half-queued).
-            log::info!(
-                "{}: connection lost during DATA, message discarded",
-                peer.tag
-            );
+            let why = match end {
+                ReadEnd::TooSlow => format!(
+                    "data too slow ({received} bytes in {}s, under {MIN_DATA_RATE} bytes/s)",
+                    pace.started.elapsed().as_secs()
+                ),
+                _ => "connection lost during DATA".to_string(),
+            };
+            log::info!("{}: {why}, message discarded", peer.tag);
             return Err(end);
         }
     }
-    conn.set_read_timeout(cfg.server.command_timeout);
     if reader.bare_newlines() > 0 {
         log::info!(
             "{}: normalised {} bare CR/LF in the message",
@@ -1005,6 +1310,34 @@ fn receive_data(
     log_refusal(peer, "DATA", &Action::Reply(r.clone()));
     conn.push(&r);
     Ok(queued)
+}
+
+/// DataPace bounds DATA: data_timeout without a byte (RFC 5321 4.5.3.2.5), and after a grace
+/// of min(data_timeout, DATA_GRACE) an average of MIN_DATA_RATE since the 354.
+struct DataPace {
+    started: Instant,
+    grace: Duration,
+    idle: Duration,
+}
+
+impl DataPace {
+    fn new(data_timeout: Duration) -> DataPace {
+        DataPace {
+            started: Instant::now(),
+            grace: data_timeout.min(DATA_GRACE),
+            idle: data_timeout,
+        }
+    }
+
+    /// timeout is how long the next read may wait, after `received` bytes; None when the
+    /// rate rule has already been broken.
+    fn timeout(&self, received: u64) -> Option<Duration> {
+        let earned = Duration::from_millis(received.saturating_mul(1000) / MIN_DATA_RATE);
+        let due = self.started + self.grace.max(earned);
+        let left = due.saturating_duration_since(Instant::now());
+        // Unchanged while the client keeps well ahead: no system call per read.
+        (!left.is_zero()).then(|| self.idle.min(left))
+    }
 }
 
 /// write_spool appends to the message file; returns true when it failed (the

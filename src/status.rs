@@ -17,6 +17,7 @@ use crate::delivery::{StageError, StatusSnapshot};
 use crate::message;
 use crate::oauth::json::write_string;
 use crate::queue_cmd::human;
+use crate::server::PoolFigures;
 use crate::sys;
 
 /// Name of the status socket in the spool folder.
@@ -61,6 +62,8 @@ pub struct Status {
     pub pause_reason: Option<String>,
     /// Last error per stage, indexed like STAGES.
     pub errors: [Option<StageError>; 5],
+    /// The worker pool: busy, waiting, evictions and refusals.
+    pub pool: PoolFigures,
 }
 
 /// What can go wrong reading the status.
@@ -92,8 +95,10 @@ impl Status {
         now: u64,
         snap: &StatusSnapshot,
         accept: Option<StageError>,
+        pool: PoolFigures,
     ) -> Status {
         Status {
+            pool,
             pid,
             started,
             written: now,
@@ -132,6 +137,11 @@ impl Status {
                 out.push_str(&format!("{k}: {v}\n"));
             }
         };
+        let p = &self.pool;
+        out.push_str(&format!(
+            "pool: {} {} {} {} {}\n",
+            p.workers, p.busy, p.waiting, p.evictions, p.refusals
+        ));
         opt(&mut out, "oldest_arrival", self.oldest_arrival);
         opt(&mut out, "last_success", self.last_success);
         opt(&mut out, "paused_until", self.paused_until);
@@ -184,6 +194,20 @@ impl Status {
                 "last_success" => s.last_success = Some(num(value)?),
                 "paused_until" => s.paused_until = Some(num(value)?),
                 "pause_reason" => s.pause_reason = Some(unescape(value)),
+                "pool" => {
+                    let n: Vec<u64> = value.split(' ').map(num).collect::<Result<_, _>>()?;
+                    let [workers, busy, waiting, evictions, refusals] = n[..] else {
+                        return Err(StatusError::Corrupt(format!("pool: {value:?}")));
+                    };
+                    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+                    s.pool = PoolFigures {
+                        workers: size(workers),
+                        busy: size(busy),
+                        waiting: size(waiting),
+                        evictions,
+                        refusals,
+                    };
+                }
                 _ => {
                     let Some(stage) = key.strip_prefix("error.") else {
                         continue;
@@ -289,8 +313,14 @@ impl Publisher {
 
     /// publish sends STATUS= to systemd when its text changed and answers every
     /// waiting `status` request with this snapshot.
-    pub fn publish(&mut self, snap: &StatusSnapshot, accept: Option<StageError>) -> io::Result<()> {
-        let status = Status::from_snapshot(self.pid, self.started, message::now(), snap, accept);
+    pub fn publish(
+        &mut self,
+        snap: &StatusSnapshot,
+        accept: Option<StageError>,
+        pool: PoolFigures,
+    ) -> io::Result<()> {
+        let status =
+            Status::from_snapshot(self.pid, self.started, message::now(), snap, accept, pool);
         let text = systemd_status(&status);
         if text != self.last_systemd {
             sys::sd_notify(&format!("STATUS={text}"));
@@ -484,6 +514,11 @@ pub fn to_text(s: &Status, now: u64) -> String {
         "active".to_string()
     };
     out.push_str(&format!("delivery:       {delivery}\n"));
+    let p = &s.pool;
+    out.push_str(&format!(
+        "pool:           {}/{} workers busy, {} waiting; {} eviction(s), {} refusal(s) since start\n",
+        p.busy, p.workers, p.waiting, p.evictions, p.refusals
+    ));
     out.push_str("last errors:\n");
     for (name, e) in STAGES.iter().zip(&s.errors) {
         match e {
@@ -526,6 +561,13 @@ pub fn to_json(s: &Status, now: u64) -> String {
         None => d.raw("pause_reason", "null"),
     }
     o.raw("delivery", &d.finish());
+    let mut p = JsonObject::new();
+    p.num("workers", s.pool.workers as u64);
+    p.num("busy", s.pool.busy as u64);
+    p.num("waiting", s.pool.waiting as u64);
+    p.num("evictions", s.pool.evictions);
+    p.num("refusals", s.pool.refusals);
+    o.raw("pool", &p.finish());
     let mut errs = JsonObject::new();
     for (name, e) in STAGES.iter().zip(&s.errors) {
         match e {
@@ -622,6 +664,13 @@ mod tests {
                 }),
                 None,
             ],
+            pool: PoolFigures {
+                workers: 16,
+                busy: 5,
+                waiting: 1,
+                evictions: 7,
+                refusals: 2,
+            },
         }
     }
 
@@ -752,9 +801,9 @@ mod tests {
             pause_reason: Some("x".into()),
             ..StatusSnapshot::default()
         };
-        let over = Status::from_snapshot(1, 0, 200, &snap, None);
+        let over = Status::from_snapshot(1, 0, 200, &snap, None, PoolFigures::default());
         assert_eq!((over.paused_until, over.pause_reason), (None, None));
-        let on = Status::from_snapshot(1, 0, 50, &snap, None);
+        let on = Status::from_snapshot(1, 0, 50, &snap, None, PoolFigures::default());
         assert_eq!(on.paused_until, Some(100));
         assert_eq!(on.pause_reason.as_deref(), Some("x"));
     }
@@ -775,7 +824,8 @@ mod tests {
         };
         // The main loop answers whenever it comes round; here, until the asker is served.
         while !asker.is_finished() {
-            p.publish(&StatusSnapshot::default(), None).unwrap();
+            p.publish(&StatusSnapshot::default(), None, PoolFigures::default())
+                .unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
         let s = asker.join().unwrap().unwrap();

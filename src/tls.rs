@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -408,6 +409,44 @@ pub enum Stream {
     Client(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
+/// DeadlineSocket is a socket whose read and write timeouts are set, before every call, to the time left until
+/// `deadline`, so a peer trickling one byte at a time cannot stretch the exchange.
+pub struct DeadlineSocket {
+    /// The socket.
+    pub tcp: TcpStream,
+    /// When every read and write must be over.
+    pub deadline: Instant,
+}
+
+impl DeadlineSocket {
+    /// left returns the time until the deadline; TimedOut once it has passed.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// Runs the handshake to the end now, so a failure surfaces at the call. Bounded by the
 /// socket's read/write timeouts (a timeout comes back as WouldBlock/TimedOut). Generic over
 /// the transport so the OAuth client can pass a socket that re-arms its timeouts to a
@@ -507,14 +546,21 @@ impl Stream {
     /// The caller must DROP any plaintext it has buffered after the STARTTLS line before
     /// calling this; bytes read from the socket before the handshake must never be
     /// interpreted as commands after it (command injection).
-    pub fn accept_tls(self, cfg: Arc<ServerConfig>) -> Result<Stream, io::Error> {
-        let mut tcp = match self {
+    pub fn accept_tls(
+        self,
+        cfg: Arc<ServerConfig>,
+        deadline: Instant,
+    ) -> Result<Stream, io::Error> {
+        let tcp = match self {
             Stream::Plain(t) => t,
             _ => return Err(already_tls()),
         };
         let mut conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
-        handshake(&mut conn, &mut tcp)?;
-        Ok(Stream::Server(Box::new(StreamOwned::new(conn, tcp))))
+        // The whole handshake within `deadline`: a client trickling its ClientHello one byte
+        // at a time must not hold a worker for a read timeout per byte.
+        let mut sock = DeadlineSocket { tcp, deadline };
+        handshake(&mut conn, &mut sock)?;
+        Ok(Stream::Server(Box::new(StreamOwned::new(conn, sock.tcp))))
     }
 
     /// Upgrades a plain stream to the client side of TLS, sending `server_name` as SNI and
@@ -616,6 +662,11 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
 "#;
 
     /// Runs GEN_CERTS_SH in a fresh unique directory and returns it.
+    /// far is a handshake deadline no test reaches.
+    pub(crate) fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     pub(crate) fn gen_certs(tag: &str) -> PathBuf {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -680,7 +731,7 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
             // CVE-2011-0411: the plaintext buffer is dropped, only the socket goes on.
             let mut tcp = plain.into_inner();
             tcp.write_all(b"220 go ahead\r\n")?;
-            let mut s = Stream::Plain(tcp).accept_tls(server)?;
+            let mut s = Stream::Plain(tcp).accept_tls(server, far())?;
             assert!(s.is_tls());
             let info = s.tls_info().unwrap_or_default();
             let mut r = BufReader::new(&mut s);
@@ -1095,17 +1146,33 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
         assert_eq!(server_side.tcp().local_addr().unwrap(), addr);
         // Peer closes during the handshake: an error, not a hang.
         drop(client_side);
-        let e = server_side.accept_tls(scfg.clone()).err().unwrap();
+        let e = server_side.accept_tls(scfg.clone(), far()).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
 
-        // Silent peer: the socket timeout bounds the handshake.
+        // Silent peer: the deadline bounds the whole handshake.
         let (server_side, _client_side) = pair();
-        server_side
-            .tcp()
-            .set_read_timeout(Some(Duration::from_millis(200)))
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let e = server_side
+            .accept_tls(scfg.clone(), deadline)
+            .err()
             .unwrap();
-        let e = server_side.accept_tls(scfg).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+
+        // A peer trickling its ClientHello a byte at a time cannot stretch it past the deadline.
+        let (server_side, mut client_side) = pair();
+        let trickler = std::thread::spawn(move || {
+            for b in [0x16u8, 0x03, 0x01, 0x00, 0x40].iter().cycle().take(40) {
+                if client_side.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // (Without the deadline it would end when the trickler gives up: EOF, not a timeout.)
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let e = server_side.accept_tls(scfg, deadline).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        let _ = trickler.join();
 
         // A bad server name is refused before any I/O.
         let (_server_side, client_side) = pair();

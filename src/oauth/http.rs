@@ -12,6 +12,7 @@ use std::net::{Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::DeadlineSocket;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
@@ -667,42 +668,6 @@ fn read_chunked(
         if line.is_empty() {
             return Ok(body);
         }
-    }
-}
-
-/// DeadlineSocket is a socket whose read and write timeouts are set, before every call, to the time left until
-/// `deadline`, so a peer trickling one byte at a time cannot stretch the exchange.
-struct DeadlineSocket {
-    tcp: TcpStream,
-    deadline: Instant,
-}
-
-impl DeadlineSocket {
-    /// left returns the time until the deadline; TimedOut once it has passed.
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-        }
-        Ok(left)
-    }
-}
-
-impl Read for DeadlineSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.set_read_timeout(Some(self.left()?))?;
-        self.tcp.read(buf)
-    }
-}
-
-impl Write for DeadlineSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.set_write_timeout(Some(self.left()?))?;
-        self.tcp.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
     }
 }
 

@@ -319,6 +319,29 @@ pub fn timeout() -> Reply {
     Reply::new(421, "4.4.2", "Timeout, closing connection")
 }
 
+/// 421 4.3.2 this idle session is ended so a waiting client can be served (the pool is full).
+pub fn evicted() -> Reply {
+    Reply::new(
+        421,
+        "4.3.2",
+        "Too busy: closing an idle session to serve another client",
+    )
+}
+
+/// 421 4.4.2 idle too long while the server is busy (the shorter timeout of stress mode).
+pub fn idle_too_long() -> Reply {
+    Reply::new(
+        421,
+        "4.4.2",
+        "Idle too long while the server is busy, closing connection",
+    )
+}
+
+/// 421 4.4.2 the message data arrives too slowly to finish in reasonable time.
+pub fn data_too_slow() -> Reply {
+    Reply::new(421, "4.4.2", "Data too slow, closing connection")
+}
+
 /// 421 4.7.0 too many bad commands, closing.
 pub fn too_many_errors() -> Reply {
     Reply::new(421, "4.7.0", "Too many errors, closing connection")
