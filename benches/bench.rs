@@ -1330,6 +1330,9 @@ fn hammer_case(o: &Opts, extra: &str, name: &str, res: &mut Results) -> Result<(
     let relay = Relay::start(o, None, extra)?;
     let start = Instant::now();
     let until = start + time;
+    // The hammer stops when the client's last try is over (a try that began
+    // before `until` must not find the hammer gone), by this at the latest.
+    let hammer_until = until + TRY_TIMEOUT * 2;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let mut threads = Vec::new();
@@ -1338,7 +1341,7 @@ fn hammer_case(o: &Opts, extra: &str, name: &str, res: &mut Results) -> Result<(
         let from = ATTACKER_IPS[i % ATTACKER_IPS.len()];
         if let Ok(h) = thread::Builder::new()
             .stack_size(64 * 1024)
-            .spawn(move || hammer(from, to, &stop, until, &t))
+            .spawn(move || hammer(from, to, &stop, hammer_until, &t))
         {
             threads.push(h);
         }
@@ -1432,7 +1435,8 @@ fn hammer_case(o: &Opts, extra: &str, name: &str, res: &mut Results) -> Result<(
 }
 
 /// hammer keeps one connection open and idle after its banner, reopening it
-/// whenever it is refused or ended, until `until` (or HAMMER_MAX_EACH connections).
+/// whenever it is refused or ended, until `stop` is set or `until` passes (or
+/// after HAMMER_MAX_EACH connections).
 fn hammer(from: Ipv4Addr, to: SocketAddr, stop: &AtomicBool, until: Instant, t: &Tally) {
     let until = until.min(Instant::now() + ATTACKER_LIFE);
     for _ in 0..HAMMER_MAX_EACH {
