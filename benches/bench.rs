@@ -1457,6 +1457,11 @@ fn hammer(from: Ipv4Addr, to: SocketAddr, stop: &AtomicBool, until: Instant, t: 
             thread::sleep(HAMMER_PAUSE);
             continue;
         }
+        // A connection that waited for a worker is served once the others let go
+        // at the end: not a session the hammer held.
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         t.held.fetch_add(1, Ordering::SeqCst);
         t.holding.fetch_add(1, Ordering::SeqCst);
         let ended = c.hold(None, Duration::from_millis(500), stop, until);
