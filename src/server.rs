@@ -481,16 +481,25 @@ impl Server {
         }
         let mut q = lock(&self.pool.queue);
         // Connections idle workers are about to take are not waiting.
+        let mut bumped = None;
         if q.len() >= self.pool.capacity + self.pool.idle.load(Ordering::SeqCst) {
-            drop(q);
-            release_ip(&self.shared, ip);
-            refuse(
-                tcp,
-                &reply::service_unavailable("too busy, try again later"),
-                peer,
-                "no worker free",
-            );
-            return;
+            // The queue is full. One address reconnecting in a loop must not keep it full for
+            // everyone: a newcomer from an address holding fewer sessions takes the place of
+            // the newest waiter of the address holding the most.
+            match self.bump_candidate(&q, ip) {
+                Some(i) => bumped = q.remove(i),
+                None => {
+                    drop(q);
+                    release_ip(&self.shared, ip);
+                    refuse(
+                        tcp,
+                        &reply::service_unavailable("too busy, try again later"),
+                        peer,
+                        "no worker free",
+                    );
+                    return;
+                }
+            }
         }
         q.push_back(Pending {
             tcp,
@@ -500,7 +509,42 @@ impl Server {
         });
         drop(q);
         self.pool.ready.notify_one();
+        if let Some(p) = bumped {
+            release_ip(&self.shared, canonical_ip(p.peer.ip()));
+            refuse(
+                p.tcp,
+                &reply::service_unavailable("too busy, try again later"),
+                p.peer,
+                "no worker free (its place went to a client from a quieter address)",
+            );
+        }
         self.relieve();
+    }
+
+    /// bump_candidate picks the waiter to refuse so a newcomer from `ip` can wait instead:
+    /// the newest waiter of the address holding the most sessions and waiting connections,
+    /// when that address holds more than `ip` would with the newcomer. None: refuse the
+    /// newcomer (its own address is among the busiest).
+    fn bump_candidate(&self, q: &VecDeque<Pending>, ip: IpAddr) -> Option<usize> {
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for slot in lock(&self.shared.active).values() {
+            *held.entry(slot.ip).or_insert(0) += 1;
+        }
+        for p in q.iter() {
+            *held.entry(canonical_ip(p.peer.ip())).or_insert(0) += 1;
+        }
+        let newcomer = held.get(&ip).copied().unwrap_or(0) + 1;
+        q.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    held.get(&canonical_ip(p.peer.ip())).copied().unwrap_or(0),
+                    i,
+                )
+            })
+            .filter(|(n, _)| *n > newcomer)
+            .max()
+            .map(|(_, i)| i)
     }
 
     /// tick runs from the accept loop a few times a second: it makes room for connections

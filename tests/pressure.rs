@@ -602,3 +602,46 @@ fn waiting_connections_count_against_max_connections_per_ip() {
     assert!(later.reply().starts_with("220 "));
     later.expect("QUIT", "221");
 }
+
+#[test]
+fn a_full_wait_queue_gives_way_to_a_client_from_a_quieter_address() {
+    // One address reconnecting in a loop keeps the wait queue full; a device on another
+    // address must still get a place (the benchmark's hammer found this).
+    let relay = Relay::start(
+        "[server]\nworkers = 2\nmax_connections_per_ip = 100\ncommand_timeout = 60s\n",
+    );
+    let addr = relay.addr();
+    // Both workers busy in transactions from .2: nothing to evict.
+    let mut busy: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = greeted_from(&relay, "127.0.0.2");
+            c.expect("MAIL FROM:<a@b.test>", "250");
+            c
+        })
+        .collect();
+    // Two more from .2 fill the wait queue (as many places as workers).
+    let mut waiting: Vec<Client> = (0..2)
+        .map(|_| Client::from_stream(connect_bound("127.0.0.2", addr)))
+        .collect();
+    for w in waiting.iter_mut() {
+        assert_eq!(w.hear(QUIET), Heard::Silence, "a .2 connection waits");
+    }
+    // A newcomer from .3 takes the place of the newest .2 waiter, which gets 421 4.3.2.
+    let mut device = Client::from_stream(connect_bound("127.0.0.3", addr));
+    let line = waiting[1].reply();
+    assert_421(&line, "4.3.2", "too busy");
+    assert_eq!(
+        device.hear(QUIET),
+        Heard::Silence,
+        "the device waits, not refused"
+    );
+    // Another newcomer from .2 is refused at once: its address holds the most already.
+    let mut more = Client::from_stream(connect_bound("127.0.0.2", addr));
+    assert_421(&more.reply(), "4.3.2", "too busy");
+    // A worker frees up: the first waiter is served, then the device.
+    busy[0].expect("QUIT", "221");
+    assert!(waiting[0].reply().starts_with("220 "));
+    busy[1].expect("QUIT", "221");
+    assert!(device.reply().starts_with("220 "), "the device is served");
+    device.expect("QUIT", "221");
+}
