@@ -54,8 +54,9 @@ const THROTTLE_MAX: Duration = Duration::from_secs(900);
 const QUOTA_PROBE: Duration = Duration::from_secs(3600);
 /// The pacing state is written at most this often (and at shutdown); see `save_pacing`.
 const PACING_SAVE_EVERY: Duration = Duration::from_secs(10);
-/// Where the pacing state lives in the spool folder.
+/// Where the pacing state lives in the spool folder, and the most of it read.
 const PACING_FILE: &str = "pacing.state";
+const PACING_FILE_MAX: u64 = 4 << 20;
 /// After an extra connection failed while another sender's works, that sender waits this long
 /// before trying again; the working connections carry the queue meanwhile (a smarthost that
 /// limits connections per client must not pause the whole queue).
@@ -287,9 +288,13 @@ fn pause_delay(throttle: Option<Throttle>, level: u32, cfg: &Config) -> Duration
 /// current windows before a restart); a missing or damaged file starts empty.
 pub fn load_pacing(cfg: &Config, dir: &Path) -> Pacer {
     let sh = &cfg.smarthost;
-    match std::fs::read_to_string(dir.join(PACING_FILE)) {
-        Ok(text) => Pacer::decode(&text, sh.rate.clone(), sh.daily_recipients, now_ms()),
-        Err(_) => Pacer::new(sh.rate.clone(), sh.daily_recipients),
+    let mut text = String::new();
+    // A real state file holds at most the windows' entries; never read a giant one whole.
+    let read = std::fs::File::open(dir.join(PACING_FILE))
+        .and_then(|f| f.take(PACING_FILE_MAX).read_to_string(&mut text));
+    match read {
+        Ok(_) => Pacer::decode(&text, sh.rate, sh.daily_recipients, now_ms()),
+        Err(_) => Pacer::new(sh.rate, sh.daily_recipients),
     }
 }
 
@@ -690,7 +695,12 @@ impl Runner {
     /// set_config switches to a reloaded config (SIGHUP, issue 5); an open smarthost
     /// connection made with the old one is closed first.
     pub fn set_config(&self, cfg: Arc<Config>) {
-        self.shared.lock().cfg = cfg;
+        let mut w = self.shared.lock();
+        // New limits, same history: what was sent in the windows still counts.
+        let sh = &cfg.smarthost;
+        w.pacer = Pacer::decode(&w.pacer.encode(), sh.rate, sh.daily_recipients, now_ms());
+        w.cfg = cfg;
+        drop(w);
         self.shared.wake.notify_all();
     }
 

@@ -59,6 +59,13 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         &mut n.server.tls_key,
         c,
     );
+    // One sender thread per connection slot, started once.
+    keep(
+        "[smarthost] max_connections",
+        &o.smarthost.max_connections,
+        &mut n.smarthost.max_connections,
+        c,
+    );
     keep("[queue] dir", &o.queue.dir, &mut n.queue.dir, c);
     keep(
         "[queue] max_size",
