@@ -2531,6 +2531,64 @@ mod tests {
     }
 
     #[test]
+    fn throttle_replies_are_never_permanent() {
+        // (script after the greeting/EHLO, the error's throttle kind)
+        let quota =
+            "550 5.4.5 Daily user sending limit exceeded. For more information go to support";
+        let cases: Vec<(Vec<Step>, Throttle)> = vec![
+            (
+                vec![S("421 4.7.0 Try again later, closing connection.")],
+                Throttle::Rate,
+            ),
+            (
+                vec![S("220 s"), C("EHLO"), S("250 s"), C("MAIL"), S(quota)],
+                Throttle::DailyQuota,
+            ),
+            (
+                vec![
+                    S("220 s"),
+                    C("EHLO"),
+                    S("250 s"),
+                    C("MAIL"),
+                    S("432 4.3.2 Concurrent connections limit exceeded"),
+                ],
+                Throttle::Concurrency,
+            ),
+        ];
+        for (i, (script, want)) in cases.into_iter().enumerate() {
+            let srv = serve(script);
+            let s = settings(&[srv.port], TlsMode::None);
+            let e = match Connection::open(&s, None) {
+                Err(e) => e,
+                Ok(mut c) => send(&mut c, &["a@y.test"]).unwrap_err(),
+            };
+            assert_eq!(
+                (e.throttle, e.permanent),
+                (Some(want), false),
+                "case {i}: {e}"
+            );
+            assert!(e.kind.starts_with("throttle "), "case {i}: {}", e.kind);
+        }
+        // [smarthost] throttle_replies adds wording the table does not know.
+        let srv = serve(vec![
+            S("220 s"),
+            C("EHLO"),
+            S("250 s"),
+            C("MAIL"),
+            S("554 5.7.0 Hourly quota for this account reached"),
+        ]);
+        let mut s = settings(&[srv.port], TlsMode::None);
+        s.throttle_replies = Arc::from(vec!["hourly quota".to_string()]);
+        let mut c = Connection::open(&s, None).unwrap();
+        let e = send(&mut c, &["a@y.test"]).unwrap_err();
+        assert_eq!(
+            (e.throttle, e.permanent),
+            (Some(Throttle::Rate), false),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn size_and_smtputf8_limits_are_permanent() {
         let srv = serve(vec![GREET, C("EHLO"), S("250-s\n250 SIZE 100")]);
         let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
