@@ -135,6 +135,8 @@ pub struct PacingView {
     pub arrivals_hour: u64,
     /// How much the queue grew over the last minute (negative: it shrank).
     pub growth_per_minute: i64,
+    /// Since when a daily quota has held the queue (unix seconds).
+    pub quota_since: Option<u64>,
 }
 
 /// Delivery state shared with the status command; a Mutex inside.
@@ -268,6 +270,7 @@ fn pacing_view(w: &Work, now: u64) -> PacingView {
         arrivals_minute: w.storm.last_minute(now_s),
         arrivals_hour: w.storm.last_hour(now_s),
         growth_per_minute: w.storm.growth_per_minute(now_s),
+        quota_since: w.quota_since.map(|(since, _)| since / 1000),
     }
 }
 

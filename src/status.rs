@@ -160,6 +160,9 @@ impl Status {
             "arrivals: {} {} {}\n",
             g.arrivals_minute, g.arrivals_hour, g.growth_per_minute
         ));
+        if let Some(t) = g.quota_since {
+            out.push_str(&format!("quota_since: {t}\n"));
+        }
         opt(&mut out, "oldest_arrival", self.oldest_arrival);
         opt(&mut out, "last_success", self.last_success);
         opt(&mut out, "paused_until", self.paused_until);
@@ -236,6 +239,7 @@ impl Status {
                         .parse()
                         .map_err(|_| StatusError::Corrupt(format!("arrivals: {value:?}")))?;
                 }
+                "quota_since" => s.pacing.quota_since = Some(num(value)?),
                 "pool" => {
                     let n: Vec<u64> = value.split(' ').map(num).collect::<Result<_, _>>()?;
                     let [workers, busy, waiting, evictions, refusals] = n[..] else {
@@ -591,6 +595,17 @@ pub fn to_text(s: &Status, now: u64) -> String {
         }
         out.push_str(&format!("pacing:         {}\n", parts.join("; ")));
     }
+    if let Some(t) = g.quota_since {
+        out.push_str(&format!(
+            "quota:          the smarthost's daily quota has held the queue for {}{}\n",
+            human(now.saturating_sub(t)),
+            if now.saturating_sub(t) > 86_400 {
+                " (more than a day: messages bounce only when their lifetime runs out)"
+            } else {
+                ""
+            }
+        ));
+    }
     out.push_str("last errors:\n");
     for (name, e) in STAGES.iter().zip(&s.errors) {
         match e {
@@ -651,6 +666,7 @@ pub fn to_json(s: &Status, now: u64) -> String {
     pj.opt_num("next_slot", g.next_slot);
     pj.opt_num("daily_recipients_left", g.recipients_left);
     pj.num("waiting", g.waiting as u64);
+    pj.opt_num("quota_since", g.quota_since);
     o.raw("pacing", &pj.finish());
     let mut a = JsonObject::new();
     a.num("last_minute", g.arrivals_minute);
@@ -770,6 +786,7 @@ mod tests {
                 arrivals_minute: 12,
                 arrivals_hour: 40,
                 growth_per_minute: -3,
+                quota_since: Some(1_699_900_000),
             },
         }
     }
