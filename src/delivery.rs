@@ -884,7 +884,6 @@ impl Shared {
                 s.pause_reason = None;
             }
         }
-        s.pacing = pacing_view(w, now);
     }
 
     fn notify(&self, id: &str) {
@@ -991,6 +990,8 @@ impl Shared {
             w.pacer_dirty = false;
             *last_save = Instant::now();
         }
+        // Once a second, not per message: counting the paced messages walks the queue.
+        self.state.lock().pacing = pacing_view(&w, now);
         self.publish(&w);
     }
 
