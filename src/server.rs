@@ -545,9 +545,10 @@ impl Server {
             }
         }
         for id in pressure::stale(&views, self.pool.capacity) {
-            if slot(id).is_some_and(|s| s.end(Ending::Stale)) {
+            if let Some(s) = slot(id).filter(|s| s.end(Ending::Stale)) {
                 log::info!(
-                    "session {id:x}: idle too long while the server is busy (over {}s)",
+                    "session {id:x} from {}: idle too long while the server is busy (over {}s)",
+                    s.ip,
                     pressure::STRESS_IDLE.as_secs()
                 );
             }
@@ -566,12 +567,17 @@ impl Server {
     }
 
     /// expire_waiting answers 421 to connections that waited too long for a worker.
+    /// Those at the front of the queue that a session being ended is about to serve are kept.
     fn expire_waiting(&self) {
         refusal_log_tick();
+        let ending = lock(&self.shared.active)
+            .values()
+            .filter(|s| s.ended().is_some())
+            .count();
         let mut expired = Vec::new();
         {
             let mut q = lock(&self.pool.queue);
-            while q.front().is_some_and(|p| p.since.elapsed() >= QUEUE_WAIT) {
+            while q.len() > ending && q.front().is_some_and(|p| p.since.elapsed() >= QUEUE_WAIT) {
                 if let Some(p) = q.pop_front() {
                     expired.push(p);
                 }

@@ -324,6 +324,17 @@ impl Drop for Relay {
     }
 }
 
+/// What a quiet client heard from the server within a time limit (`Client::hear`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// One line, without its CRLF.
+    Line(String),
+    /// End of file or a reset: the server closed the connection.
+    Closed,
+    /// Nothing within the limit: the session is still open.
+    Silence,
+}
+
 /// A minimal SMTP client that keeps raw control of what it sends.
 pub struct Client {
     pub stream: TcpStream,
@@ -406,6 +417,29 @@ impl Client {
         self.send_raw(body.as_bytes());
         self.send_raw(b"\r\n.\r\n");
         self.reply()
+    }
+
+    /// hear reads one line within `wait` without failing the test: what a client
+    /// that has been quiet finds (a reply the server volunteered, the close, or
+    /// nothing). The read timeout is DEADLINE again afterwards.
+    pub fn hear(&mut self, wait: Duration) -> Heard {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut line = String::new();
+        let heard = match self.reader.read_line(&mut line) {
+            Ok(0) => Heard::Closed,
+            Ok(_) => Heard::Line(line.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Heard::Silence
+            }
+            Err(_) => Heard::Closed,
+        };
+        self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        heard
     }
 
     /// closed tells whether the server has closed the connection (reads EOF).
