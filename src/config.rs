@@ -59,6 +59,10 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("helo", ""), // server.hostname
             ("timeout", "5m"),
             ("auth", "auto"),
+            ("max_connections", "3"),
+            ("rate", ""),             // none
+            ("daily_recipients", ""), // none
+            ("throttle_replies", ""), // only the built-in table
         ],
     ),
     (
@@ -107,6 +111,13 @@ const FREE_FORM: &[&str] = &["users", "aliases"];
 
 /// Upper bound for every duration, so that adding one to a unix time can never overflow.
 const MAX_DURATION_SECS: u64 = 3650 * 86400;
+
+/// Upper bound for `rate` N: far above any provider's limit, and it bounds the send times the
+/// pacer keeps for the window.
+const MAX_RATE_COUNT: u64 = 1_000_000;
+
+/// Upper bound for `daily_recipients`, for the same reasons (Microsoft 365 allows 10000).
+const MAX_DAILY_RECIPIENTS: u64 = 10_000_000;
 
 /// How a client may or must authenticate (RFC 4954).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -325,6 +336,22 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// `[smarthost] rate`: at most `count` messages handed to the smarthost in any sliding window
+/// of `per`. Displays as written in the ini file (`30/1m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Messages per window, at least 1.
+    pub count: u64,
+    /// The window, at least 1s.
+    pub per: Duration,
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, fmt_duration(self.per))
+    }
+}
+
 /// One smarthost entry; `port` is the entry's own port or else `[smarthost] port`.
 /// An IPv6 literal is stored without brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +437,15 @@ pub struct Smarthost {
     pub timeout: Duration,
     /// Which SASL mechanism logs in.
     pub auth: SmarthostAuth,
+    /// Smarthost connections at once (Microsoft 365 allows 3 per mailbox), 1..100.
+    pub max_connections: usize,
+    /// Pacing: at most N messages per sliding interval; None = no limit.
+    pub rate: Option<Rate>,
+    /// Pacing: at most N recipients per sliding 24 hours; None = no limit.
+    pub daily_recipients: Option<u64>,
+    /// Extra substrings (matched case-insensitively) of replies that mean "the account is
+    /// throttled", on top of the built-in table of `smtp::throttle`; trimmed, as written.
+    pub throttle_replies: Vec<String>,
 }
 
 impl fmt::Debug for Smarthost {
@@ -426,6 +462,10 @@ impl fmt::Debug for Smarthost {
             .field("helo", &self.helo)
             .field("timeout", &self.timeout)
             .field("auth", &self.auth)
+            .field("max_connections", &self.max_connections)
+            .field("rate", &self.rate.map(|r| r.to_string()))
+            .field("daily_recipients", &self.daily_recipients)
+            .field("throttle_replies", &self.throttle_replies)
             .finish()
     }
 }
@@ -709,6 +749,9 @@ impl Config {
                 "smarthost {hosts} ({tls}{verify}{auth}), helo {}",
                 h.helo
             ));
+            if let Some(pacing) = pacing_summary(h) {
+                out.push(pacing);
+            }
         }
         out.push(format!(
             "spool {} (max {}), retry {}..{}, lifetime {}, bounce_to {}",
@@ -771,6 +814,36 @@ impl Config {
         ));
         out
     }
+}
+
+/// pacing_summary is the start-up line about the smarthost's limits, None when all are the
+/// defaults (so a plain config logs what it always did).
+fn pacing_summary(h: &Smarthost) -> Option<String> {
+    let mut limits = Vec::new();
+    if let Some(r) = h.rate {
+        limits.push(format!("{r} messages"));
+    }
+    if let Some(n) = h.daily_recipients {
+        limits.push(format!("{n} recipients a day"));
+    }
+    if h.max_connections.to_string() != default_of("smarthost", "max_connections")
+        || !limits.is_empty()
+    {
+        let n = h.max_connections;
+        limits.push(format!("{n} connection{}", if n == 1 { "" } else { "s" }));
+    }
+    let mut parts = Vec::new();
+    if !limits.is_empty() {
+        parts.push(format!("at most {}", limits.join(", ")));
+    }
+    if !h.throttle_replies.is_empty() {
+        let n = h.throttle_replies.len();
+        parts.push(format!(
+            "{n} extra throttle repl{}",
+            if n == 1 { "y" } else { "ies" }
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("pacing: {}", parts.join("; ")))
 }
 
 /// parse_duration reads "90", "90s", "5m", "5h", "5d" (suffix case-insensitive).
@@ -1405,6 +1478,12 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             "\"{s}\" is not one of auto, plain, login, xoauth2, oauthbearer, none"
         )),
     });
+    let max_connections = l.val(sh, "max_connections", |s| number(s, 1, 100)) as usize;
+    let rate = l.val(sh, "rate", |s| opt(s, parse_rate));
+    let daily_recipients = l.val(sh, "daily_recipients", |s| {
+        opt(s, |s| number(s, 1, MAX_DAILY_RECIPIENTS))
+    });
+    let throttle_replies = l.val(sh, "throttle_replies", |s| list(s, throttle_reply));
     let password_given =
         l.written(sh, "password").is_some_and(|v| !v.is_empty()) || password_file.is_some();
     if tls == TlsMode::None {
@@ -1548,6 +1627,10 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             helo,
             timeout: sh_timeout,
             auth: sh_auth,
+            max_connections,
+            rate,
+            daily_recipients,
+            throttle_replies,
         },
         oauth,
         queue: Queue {
@@ -1903,6 +1986,38 @@ fn certificate_credential(
         (None, None) => {}
     }
     None
+}
+
+/// parse_rate reads `[smarthost] rate`: `N/INTERVAL` (`30/1m`, `500/1d`), N from 1, the
+/// interval a duration from 1s.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("\"{s}\" is not N/interval (30/1m, 500/1d)");
+    let (n, per) = s.split_once('/').ok_or_else(bad)?;
+    let count = digits_u64(n.trim()).ok_or_else(bad)?;
+    let per = parse_duration(per.trim()).map_err(|_| bad())?;
+    if count == 0 {
+        return Err(format!("\"{s}\": at least 1 message per interval"));
+    }
+    if count > MAX_RATE_COUNT {
+        return Err(format!(
+            "\"{s}\": at most {MAX_RATE_COUNT} messages per interval"
+        ));
+    }
+    if per.is_zero() {
+        return Err(format!("\"{s}\": the interval must be at least 1s"));
+    }
+    Ok(Rate { count, per })
+}
+
+/// throttle_reply checks one `throttle_replies` item: a substring so short would match
+/// nearly every reply, and a matching reply never bounces.
+fn throttle_reply(s: &str) -> Result<String, String> {
+    if s.chars().count() < 3 {
+        return Err(format!(
+            "\"{s}\" is too short to name a reply (at least 3 characters)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// https_url accepts an absolute https URL with a host: the full parse happens where it is
@@ -2507,6 +2622,37 @@ mod tests {
                 r#"picorelay.ini: [smarthost] helo: "a_b c" is not a host name (letters, digits, - and . like mail.example.com)"#,
             ),
             ("[smarthost]\ntimeout = 0", "picorelay.ini: [smarthost] timeout: 0 is too short (at least 1s)"),
+            // [smarthost] pacing
+            ("[smarthost]\nmax_connections = 0", "picorelay.ini: [smarthost] max_connections: 0 is out of range (1..100)"),
+            ("[smarthost]\nmax_connections = 101", "picorelay.ini: [smarthost] max_connections: 101 is out of range (1..100)"),
+            (
+                "[smarthost]\nmax_connections = many",
+                r#"picorelay.ini: [smarthost] max_connections: "many" is not a number (1..100)"#,
+            ),
+            ("[smarthost]\nrate = 30", r#"picorelay.ini: [smarthost] rate: "30" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = 30/", r#"picorelay.ini: [smarthost] rate: "30/" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = 30/1w", r#"picorelay.ini: [smarthost] rate: "30/1w" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = x/1m", r#"picorelay.ini: [smarthost] rate: "x/1m" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = -1/1m", r#"picorelay.ini: [smarthost] rate: "-1/1m" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = 1m/30", r#"picorelay.ini: [smarthost] rate: "1m/30" is not N/interval (30/1m, 500/1d)"#),
+            ("[smarthost]\nrate = 0/1m", r#"picorelay.ini: [smarthost] rate: "0/1m": at least 1 message per interval"#),
+            ("[smarthost]\nrate = 5/0", r#"picorelay.ini: [smarthost] rate: "5/0": the interval must be at least 1s"#),
+            (
+                "[smarthost]\nrate = 2000000/1d",
+                r#"picorelay.ini: [smarthost] rate: "2000000/1d": at most 1000000 messages per interval"#,
+            ),
+            (
+                "[smarthost]\ndaily_recipients = 0",
+                "picorelay.ini: [smarthost] daily_recipients: 0 is out of range (1..10000000)",
+            ),
+            (
+                "[smarthost]\ndaily_recipients = 10k",
+                r#"picorelay.ini: [smarthost] daily_recipients: "10k" is not a number (1..10000000)"#,
+            ),
+            (
+                "[smarthost]\nthrottle_replies = please slow down, 4",
+                r#"picorelay.ini: [smarthost] throttle_replies: "4" is too short to name a reply (at least 3 characters)"#,
+            ),
             // [queue]
             ("[queue]\nretry_min = 2h", "picorelay.ini: [queue] retry_min: 2h is longer than retry_max (1h)"),
             ("[queue]\nretry_max = 30s", "picorelay.ini: [queue] retry_min: 1m is longer than retry_max (30s)"),
@@ -2650,6 +2796,12 @@ mod tests {
         );
         assert_eq!(h.helo, s.hostname);
         assert_eq!(h.timeout, Duration::from_secs(300));
+        assert_eq!(
+            (h.max_connections, h.rate, h.daily_recipients),
+            (3, None, None)
+        );
+        assert!(h.throttle_replies.is_empty());
+        assert!(!c.summary().iter().any(|l| l.contains("pacing")));
         let q = &c.queue;
         assert_eq!(q.dir, PathBuf::from("/var/spool/picorelay"));
         assert_eq!(q.retry_min, Duration::from_secs(60));
@@ -2665,6 +2817,149 @@ mod tests {
         assert_eq!(c.log.level, log::LevelFilter::Info);
         assert_eq!(c.log.file, None);
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn pacing_keys() {
+        // (lines after "[smarthost]\nhost = h\n", max_connections, rate as printed,
+        //  daily_recipients, throttle_replies, summary line)
+        type Row = (
+            &'static str,
+            usize,
+            Option<&'static str>,
+            Option<u64>,
+            &'static [&'static str],
+            Option<&'static str>,
+        );
+        let table: &[Row] = &[
+            ("", 3, None, None, &[], None),
+            (
+                "max_connections = 3\nrate =\ndaily_recipients =\nthrottle_replies =",
+                3,
+                None,
+                None,
+                &[],
+                None,
+            ),
+            (
+                "rate = 30/1m\ndaily_recipients = 10000",
+                3,
+                Some("30/1m"),
+                Some(10000),
+                &[],
+                Some("pacing: at most 30/1m messages, 10000 recipients a day, 3 connections"),
+            ),
+            (
+                "rate = 500/1d",
+                3,
+                Some("500/1d"),
+                None,
+                &[],
+                Some("pacing: at most 500/1d messages, 3 connections"),
+            ),
+            (
+                "rate = 500 / 24h",
+                3,
+                Some("500/1d"),
+                None,
+                &[],
+                Some("pacing: at most 500/1d messages, 3 connections"),
+            ),
+            (
+                "rate = 5/2s",
+                3,
+                Some("5/2s"),
+                None,
+                &[],
+                Some("pacing: at most 5/2s messages, 3 connections"),
+            ),
+            (
+                "rate = 100/90",
+                3,
+                Some("100/90s"),
+                None,
+                &[],
+                Some("pacing: at most 100/90s messages, 3 connections"),
+            ),
+            (
+                "rate = 1/3650d",
+                3,
+                Some("1/3650d"),
+                None,
+                &[],
+                Some("pacing: at most 1/3650d messages, 3 connections"),
+            ),
+            (
+                "max_connections = 1",
+                1,
+                None,
+                None,
+                &[],
+                Some("pacing: at most 1 connection"),
+            ),
+            (
+                "max_connections = 100",
+                100,
+                None,
+                None,
+                &[],
+                Some("pacing: at most 100 connections"),
+            ),
+            (
+                "throttle_replies = Please slow down , , Sending LIMIT reached",
+                3,
+                None,
+                None,
+                &["Please slow down", "Sending LIMIT reached"],
+                Some("pacing: 2 extra throttle replies"),
+            ),
+            (
+                "throttle_replies = \" spaced ; semi, b2b \" ; comment",
+                3,
+                None,
+                None,
+                &["spaced ; semi", "b2b"],
+                Some("pacing: 2 extra throttle replies"),
+            ),
+            (
+                "daily_recipients = 2000\nthrottle_replies = 4.7.99 slow",
+                3,
+                None,
+                Some(2000),
+                &["4.7.99 slow"],
+                Some(
+                    "pacing: at most 2000 recipients a day, 3 connections; 1 extra throttle reply",
+                ),
+            ),
+        ];
+        for (lines, conns, rate, daily, replies, summary) in table {
+            let c = good(&format!("[smarthost]\nhost = h\n{lines}"));
+            let h = &c.smarthost;
+            assert_eq!(h.max_connections, *conns, "{lines:?}");
+            assert_eq!(h.rate.map(|r| r.to_string()).as_deref(), *rate, "{lines:?}");
+            assert_eq!(h.daily_recipients, *daily, "{lines:?}");
+            assert_eq!(h.throttle_replies, *replies, "{lines:?}");
+            let got: Vec<String> = c
+                .summary()
+                .into_iter()
+                .filter(|l| l.starts_with("pacing"))
+                .collect();
+            assert_eq!(
+                got,
+                summary.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{lines:?}"
+            );
+            assert!(c.warnings.is_empty(), "{lines:?}: {:?}", c.warnings);
+        }
+        assert_eq!(
+            parse_rate("30/1m"),
+            Ok(Rate {
+                count: 30,
+                per: Duration::from_secs(60)
+            })
+        );
+        let dbg = format!("{:?}", good("[smarthost]\nrate = 30/1m").smarthost);
+        assert!(dbg.contains("rate: Some(\"30/1m\")"), "{dbg}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod delivery;
 mod logging;
 mod message;
 mod oauth;
+mod pacing;
 mod pressure;
 mod privilege;
 mod probe;
