@@ -57,6 +57,8 @@ size: release
 # writes BENCHMARKS.md. `make bench BENCH_ARGS=--quick` for a short run;
 # bench/peers/postfix.sh runs the same loads against Postfix side by side.
 # After `make static`, the static build's size and idle memory are added.
+# BENCH_ARGS='--only pressure --no-write': the worker pool under attack alone
+# (issue 12; binds 127.0.0.2 and 127.0.0.3, takes 5-10 minutes).
 BENCH_ARGS ?=
 bench: release
 	$(CARGO) bench --locked --bench bench -- $(BENCH_ARGS)

@@ -3,21 +3,26 @@
 //!
 //! Measures durable accept rate (hold mode), end-to-end relay rate through the
 //! sink, accept and accept→sink latency, RSS (idle, many open connections, ten
-//! 10 MB messages), binary size and start-up time. With `--peer NAME --target
-//! ADDR` the same accept and end-to-end loads also run against another relay
-//! (e.g. Postfix, see bench/peers/postfix.sh) in the same run, interleaved case
-//! by case, and the table gets a picorelay/peer ratio.
+//! 10 MB messages), binary size and start-up time, and (`pressure`, issue 12)
+//! how many idle or trickling connections it takes to lock a client out of a
+//! full worker pool, and a client's latency under a hammer of idle
+//! connections. With `--peer NAME --target ADDR` the same accept and
+//! end-to-end loads also run against another relay (e.g. Postfix, see
+//! bench/peers/postfix.sh) in the same run, interleaved case by case, and the
+//! table gets a picorelay/peer ratio.
 //!
 //! Every load is bounded in message count and in time, and only 127.0.0.1 (or
-//! another loopback address given with --target) is ever connected to.
+//! another loopback address given with --target) is ever connected to; the
+//! pressure cases connect from 127.0.0.2 and 127.0.0.3 as well.
 //!
-//! Standard library only: no dependency is needed to measure.
+//! Standard library only, but for libc (already the relay's dependency) to
+//! bind those source addresses, which std cannot do before a connect.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -240,13 +245,16 @@ enum Who {
 struct Results {
     order: Vec<(String, &'static str)>,
     values: HashMap<String, BTreeMap<Who, Vec<f64>>>,
+    /// Cells that are words, not a median ("none up to 200", "> 40 (cap)"),
+    /// by label and who; they take the place of the numbers.
+    texts: HashMap<String, BTreeMap<Who, String>>,
     /// Distinct notes, each with a total of the events it counts (0: none).
     notes: Vec<(String, usize)>,
 }
 
 impl Results {
     fn add(&mut self, who: Who, label: &str, unit: &'static str, v: f64) {
-        if !self.values.contains_key(label) {
+        if !self.values.contains_key(label) && !self.texts.contains_key(label) {
             self.order.push((label.to_string(), unit));
         }
         self.values
@@ -255,6 +263,25 @@ impl Results {
             .entry(who)
             .or_default()
             .push(v);
+    }
+
+    /// add_text records a cell given as text (the cases that run once).
+    fn add_text(&mut self, who: Who, label: &str, unit: &'static str, text: String) {
+        if !self.values.contains_key(label) && !self.texts.contains_key(label) {
+            self.order.push((label.to_string(), unit));
+        }
+        self.texts
+            .entry(label.to_string())
+            .or_default()
+            .insert(who, text);
+    }
+
+    /// cell renders one metric of one relay: its text, or its median (min–max).
+    fn cell(&self, label: &str, who: Who) -> String {
+        match self.texts.get(label).and_then(|t| t.get(&who)) {
+            Some(t) => t.clone(),
+            None => cell(self.values.get(label).and_then(|by| by.get(&who))),
+        }
     }
 
     fn note(&mut self, n: String) {
@@ -431,6 +458,9 @@ fn run(o: &Opts) -> Result<(), String> {
             static_cases(o, bin, &mut res)?;
         }
     }
+
+    // Once, not per run: each attack series takes a minute or more.
+    pressure_cases(o, &case_on, &mut res)?;
 
     let load_after = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let report = render(o, &res, started, &load_before, &load_after);
@@ -739,6 +769,708 @@ fn fsync_baseline(base: &Path) -> Result<(Vec<Duration>, Vec<Duration>), String>
     let _ = fs::remove_dir_all(&dir);
     result.map_err(|e| format!("fsync baseline in {}: {e}", dir.display()))?;
     Ok((a, b))
+}
+
+// ---------------------------------------------------------------------------
+// The pool under pressure (issue 12): attackers hold the workers, a client on
+// 127.0.0.1 tries to get a message through.
+
+/// Where the attackers connect from: network clients in the relay's rules
+/// (127.0.0.1 is a local client, exempt from max_connections_per_ip).
+const ATTACKER_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+
+/// Attacker counts tried, fewest first; a series stops at the first that locks
+/// the client out.
+const PRESSURE_STEPS: &[usize] = &[8, 16, 24, 32, 64, 100, 200];
+const PRESSURE_STEPS_QUICK: &[usize] = &[8, 16, 32, 200];
+
+/// The per-address limit that leaves the protection to the pool (issue 12).
+const PRESSURE_RAISED_LIMIT: &str = "max_connections_per_ip = 1000";
+
+/// A client that waits longer than this for banner + 250 is locked out (issue 12).
+const LOCKED_OUT: Duration = Duration::from_secs(5);
+
+/// Read timeout of each try of the client: a relay that hangs fails the try.
+const TRY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a lock-out is followed, from the client's first failed try.
+const LOCKOUT_CAP: Duration = Duration::from_secs(40);
+
+/// How long the attackers get to reach their holding state (banner, EHLO, and
+/// for data-trickle MAIL, RCPT, DATA); the relay's wait for a worker is 3 s.
+const ATTACK_SETUP: Duration = Duration::from_secs(8);
+
+/// The attack stands this long before the client comes: a client arriving
+/// during an attack, not in its first second (and longer than the 2 s a
+/// session must have been idle before the relay may end it for another).
+const ATTACK_STANDING: Duration = Duration::from_millis(2500);
+
+/// No attacker or hammer thread lives longer than this, whatever happens.
+const ATTACKER_LIFE: Duration = Duration::from_secs(120);
+
+/// The hammer: this many connections at a time, for this long (quick: shorter),
+/// the client starting after the warm-up, when the pool is full.
+const HAMMER_CONNS: usize = 100;
+const HAMMER_TIME: Duration = Duration::from_secs(20);
+const HAMMER_TIME_QUICK: Duration = Duration::from_secs(8);
+const HAMMER_WARMUP: Duration = Duration::from_secs(3);
+/// Pause of a hammer connection after a refusal, of the client after a
+/// refused try: busy, but not a spin on two shared cores.
+const HAMMER_PAUSE: Duration = Duration::from_millis(200);
+const CLIENT_PAUSE: Duration = Duration::from_millis(100);
+/// Bounds on the count: connections per hammer thread, tries of the client.
+const HAMMER_MAX_EACH: usize = 2000;
+const CLIENT_MAX_TRIES: usize = 2000;
+
+/// How an attacker holds its worker.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Attacker {
+    /// Banner, EHLO, then silence.
+    Idle,
+    /// EHLO, then one byte a second of a command line that never ends.
+    Trickle,
+    /// MAIL, RCPT, DATA, then one byte a second of the message.
+    DataTrickle,
+}
+
+impl Attacker {
+    const ALL: [Attacker; 3] = [Attacker::Idle, Attacker::Trickle, Attacker::DataTrickle];
+
+    fn name(self) -> &'static str {
+        match self {
+            Attacker::Idle => "idle",
+            Attacker::Trickle => "trickle",
+            Attacker::DataTrickle => "data-trickle",
+        }
+    }
+
+    /// trickle is the start of what is sent one byte a second once the
+    /// session is held ('x' after it); None for silence.
+    fn trickle(self) -> Option<&'static [u8]> {
+        match self {
+            Attacker::Idle => None,
+            Attacker::Trickle => Some(b"NOOP "),
+            Attacker::DataTrickle => Some(b"Subject: "),
+        }
+    }
+}
+
+/// What became of a group of attacker (or hammer) connections.
+#[derive(Default)]
+struct Tally {
+    /// Connections that got their session (idle after EHLO, or in DATA).
+    held: AtomicUsize,
+    /// Of those, still holding now.
+    holding: AtomicUsize,
+    /// Ended before holding: refused at connect (421), or closed.
+    refused: AtomicUsize,
+    /// Held, then ended by the relay.
+    cut: AtomicUsize,
+    /// Could not connect at all (our side).
+    failed: AtomicUsize,
+    /// The replies that ended connections, with their counts.
+    replies: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Tally {
+    /// resolved counts the connections that are holding or have ended.
+    fn resolved(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+            + self.refused.load(Ordering::SeqCst)
+            + self.failed.load(Ordering::SeqCst)
+    }
+
+    fn reply(&self, when: &str, text: &str) {
+        let text: String = text.trim().chars().take(90).collect();
+        *lock(&self.replies)
+            .entry(format!("{when}: {text}"))
+            .or_insert(0) += 1;
+    }
+
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "{} holding, {} ended by the relay, {} refused",
+            self.holding.load(Ordering::SeqCst),
+            self.cut.load(Ordering::SeqCst),
+            self.refused.load(Ordering::SeqCst)
+        );
+        let failed = self.failed.load(Ordering::SeqCst);
+        if failed > 0 {
+            let _ = write!(s, ", {failed} could not connect");
+        }
+        s
+    }
+
+    /// replies_text lists the replies that ended connections, most frequent first.
+    fn replies_text(&self) -> String {
+        let mut v: Vec<(String, usize)> = lock(&self.replies)
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.iter()
+            .map(|(k, n)| format!("{n}× {k}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// N attacker connections of one kind, each on its own thread.
+struct Attack {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Attack {
+    /// start opens `n` connections from the attacker addresses in turn.
+    fn start(kind: Attacker, n: usize, to: SocketAddr) -> Attack {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (stop, t) = (Arc::clone(&stop), Arc::clone(&tally));
+            let from = ATTACKER_IPS[i % ATTACKER_IPS.len()];
+            match thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || attacker(kind, from, to, &stop, &t))
+            {
+                Ok(h) => threads.push(h),
+                Err(_) => {
+                    tally.failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        Attack {
+            stop,
+            tally,
+            threads,
+        }
+    }
+
+    /// wait_resolved waits (bounded) until every attacker holds or has ended.
+    fn wait_resolved(&self, n: usize) {
+        let deadline = Instant::now() + ATTACK_SETUP + Duration::from_secs(1);
+        while self.tally.resolved() < n && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// stop ends every attacker (each notices within a second) and returns the tally.
+    fn stop(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.threads {
+            let _ = h.join();
+        }
+        self.tally
+    }
+}
+
+/// attacker opens one connection of `kind` and holds it until it is ended,
+/// told to stop, or ATTACKER_LIFE has passed.
+fn attacker(kind: Attacker, from: Ipv4Addr, to: SocketAddr, stop: &AtomicBool, t: &Tally) {
+    let deadline = Instant::now() + ATTACKER_LIFE;
+    let Some(mut c) = connect_from(from, to, Duration::from_secs(5))
+        .ok()
+        .and_then(|s| Smtp::from_stream(s, ATTACK_SETUP).ok())
+    else {
+        t.failed.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
+    let mut steps: Vec<(Option<&[u8]>, u16)> =
+        vec![(None, 220), (Some(b"EHLO attacker.bench.test\r\n"), 250)];
+    if kind == Attacker::DataTrickle {
+        steps.extend([
+            (
+                Some(&b"MAIL FROM:<attacker@attacker.bench.test>\r\n"[..]),
+                250,
+            ),
+            (Some(b"RCPT TO:<sink@sink.bench.test>\r\n"), 250),
+            (Some(b"DATA\r\n"), 354),
+        ]);
+    }
+    for (cmd, code) in steps {
+        if let Err(e) = c.expect(cmd, code) {
+            t.refused.fetch_add(1, Ordering::SeqCst);
+            t.reply("before holding", &e);
+            return;
+        }
+    }
+    t.held.fetch_add(1, Ordering::SeqCst);
+    t.holding.fetch_add(1, Ordering::SeqCst);
+    let ended = c.hold(kind.trickle(), Duration::from_secs(1), stop, deadline);
+    t.holding.fetch_sub(1, Ordering::SeqCst);
+    if let Some(why) = ended {
+        t.cut.fetch_add(1, Ordering::SeqCst);
+        t.reply("while held", &why);
+    }
+}
+
+/// connect_from connects to `to` from a chosen loopback address (the relay
+/// sees 127.0.0.2 and 127.0.0.3 as network clients); std cannot bind before
+/// connect. The connect gives up after `timeout` (SO_SNDTIMEO bounds connect
+/// on Linux).
+fn connect_from(from: Ipv4Addr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let SocketAddr::V4(to) = to else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "IPv4 only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket() takes no pointers; the descriptor it returns is owned by
+    // the TcpStream at once, which closes it on every path below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    s.set_write_timeout(Some(timeout))?;
+    let local = sockaddr(from, 0);
+    // SAFETY: bind reads `len` bytes of a sockaddr_in that lives across the call.
+    let rc = unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            &local as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let remote = sockaddr(*to.ip(), to.port());
+    // SAFETY: connect reads `len` bytes of a sockaddr_in that lives across the call.
+    let rc = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            &remote as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+/// pool_figures asks the relay for its `pool` figures (`status --json`, issue
+/// 12): "busy 16, waiting 0, evictions 3, refusals 0"; None from a build
+/// without them. Bounded: the status command is killed after 12 s.
+fn pool_figures(bin: &Path, relay: &Relay) -> Option<String> {
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(relay.dir.join("picorelay.ini"))
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    let pool = &out[out.find("\"pool\"")?..];
+    let pool = &pool[..pool.find('}')?];
+    let figure = |key: &str| -> Option<u64> {
+        let key = format!("\"{key}\"");
+        let rest = pool[pool.find(&key)? + key.len()..]
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start();
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    Some(format!(
+        "busy {}, waiting {}, evictions {}, refusals {}",
+        figure("busy")?,
+        figure("waiting")?,
+        figure("evictions")?,
+        figure("refusals")?
+    ))
+}
+
+/// client_try sends one small message from 127.0.0.1 over a fresh connection:
+/// (connect → banner, connect → 250), or (time spent, why it failed).
+fn client_try(
+    addr: SocketAddr,
+    seq: u64,
+    timeout: Duration,
+) -> Result<(Duration, Duration), (Duration, String)> {
+    let t = Instant::now();
+    let fail = |e: String| (t.elapsed(), e);
+    let s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail(format!("connect: {e}")))?;
+    let mut c = Smtp::from_stream(s, timeout).map_err(fail)?;
+    c.expect(None, 220).map_err(fail)?;
+    let banner = t.elapsed();
+    c.expect(Some(b"EHLO client.bench.test\r\n"), 250)
+        .map_err(fail)?;
+    c.send("pressure", seq, &body_of(1024), true)
+        .map_err(fail)?;
+    let done = t.elapsed();
+    c.quit();
+    Ok((banner, done))
+}
+
+/// How the client fared against one standing attack.
+#[derive(Default)]
+struct Verdict {
+    /// Longest connect → banner and connect → 250 of the tries in time.
+    banner: Duration,
+    done: Duration,
+    /// Why the client was locked out: refused, an error, or a wait over LOCKED_OUT.
+    locked: Option<String>,
+    /// From the first locked-out try to a 250; None: not within LOCKOUT_CAP.
+    lockout: Option<Duration>,
+}
+
+/// client_verdict makes up to `tries` tries one after another; at the first
+/// locked out, follows how long it takes until a message gets through.
+fn client_verdict(addr: SocketAddr, tries: u64) -> Verdict {
+    let mut v = Verdict::default();
+    for seq in 0..tries {
+        let t0 = Instant::now();
+        match client_try(addr, seq, TRY_TIMEOUT) {
+            Ok((banner, done)) if done <= LOCKED_OUT => {
+                v.banner = v.banner.max(banner);
+                v.done = v.done.max(done);
+            }
+            Ok((_, done)) => {
+                v.locked = Some(format!("waited {:.1} s for its 250", done.as_secs_f64()));
+                v.lockout = Some(done);
+                return v;
+            }
+            Err((took, e)) => {
+                v.locked = Some(format!("{e} (after {:.1} s)", took.as_secs_f64()));
+                v.lockout = until_served(addr, t0, seq + 1);
+                return v;
+            }
+        }
+    }
+    v
+}
+
+/// until_served retries (a try every 250 ms at most) until a message gets
+/// through: the time from `since` to that 250, None if not within LOCKOUT_CAP.
+fn until_served(addr: SocketAddr, since: Instant, mut seq: u64) -> Option<Duration> {
+    loop {
+        let left = LOCKOUT_CAP.checked_sub(since.elapsed())?;
+        if left < Duration::from_millis(100) {
+            return None;
+        }
+        if client_try(addr, seq, left.min(TRY_TIMEOUT)).is_ok() {
+            return Some(since.elapsed()).filter(|d| *d <= LOCKOUT_CAP);
+        }
+        seq += 1;
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// pressure_cases runs the issue 12 cases, with the per-address limit raised
+/// (the pool alone protects) and with the default config.
+fn pressure_cases(
+    o: &Opts,
+    case_on: &dyn Fn(&str) -> bool,
+    res: &mut Results,
+) -> Result<(), String> {
+    let steps = if o.quick {
+        PRESSURE_STEPS_QUICK
+    } else {
+        PRESSURE_STEPS
+    };
+    for (extra, cfg) in [
+        (PRESSURE_RAISED_LIMIT, PRESSURE_RAISED_LIMIT),
+        ("", "default max_connections_per_ip = 8"),
+    ] {
+        for kind in Attacker::ALL {
+            let name = format!("pressure, {} attackers, {cfg}", kind.name());
+            if case_on(&name) {
+                attack_series(o, kind, extra, steps, &name, res)?;
+            }
+        }
+        let name = format!("pressure, hammer of {HAMMER_CONNS} idle connections, {cfg}");
+        if case_on(&name) {
+            hammer_case(o, extra, &name, res)?;
+        }
+    }
+    Ok(())
+}
+
+/// attack_series raises the count of attackers of one kind until the client
+/// is locked out (waits more than 5 s for banner + 250, or is refused), each
+/// count against a fresh relay (workers = 16, default timeouts).
+fn attack_series(
+    o: &Opts,
+    kind: Attacker,
+    extra: &str,
+    steps: &[usize],
+    name: &str,
+    res: &mut Results,
+) -> Result<(), String> {
+    eprintln!("bench: {name}");
+    let mut lines = Vec::new();
+    let mut ended = Vec::new();
+    let mut worst_in_time: Option<Duration> = None;
+    let mut locked_at = None;
+    for &n in steps {
+        let relay = Relay::start(o, None, extra)?;
+        let attack = Attack::start(kind, n, relay.addr);
+        attack.wait_resolved(n);
+        thread::sleep(ATTACK_STANDING);
+        let standing = attack.tally.summary();
+        let pool = pool_figures(&o.bin, &relay);
+        let v = client_verdict(relay.addr, 3);
+        let tally = attack.stop();
+        relay.stop();
+        let mut line = match &v.locked {
+            None => format!(
+                "{n}: 250 in {} ms at worst (banner {} ms)",
+                num(ms(v.done)),
+                num(ms(v.banner))
+            ),
+            Some(why) => format!(
+                "{n}: locked out, {why}; served again {}",
+                match v.lockout {
+                    Some(d) => format!("{:.1} s after its first try", d.as_secs_f64()),
+                    None => format!("not within {} s", LOCKOUT_CAP.as_secs()),
+                }
+            ),
+        };
+        let _ = write!(line, " [attackers when the client came: {standing}");
+        if let Some(p) = pool {
+            let _ = write!(line, "; relay pool: {p}");
+        }
+        line.push(']');
+        eprintln!("  {line}");
+        lines.push(line);
+        let replies = tally.replies_text();
+        if !replies.is_empty() {
+            ended.push(format!("{n}: {replies}"));
+        }
+        if v.locked.is_some() {
+            locked_at = Some((n, v));
+            break;
+        }
+        worst_in_time = Some(worst_in_time.unwrap_or_default().max(v.done));
+    }
+    let last = steps.last().copied().unwrap_or(0);
+    let (fewest, lockout) = match &locked_at {
+        Some((n, v)) => (
+            n.to_string(),
+            match v.lockout {
+                Some(d) => format!("{:.1}", d.as_secs_f64()),
+                None => format!("> {} (cap)", LOCKOUT_CAP.as_secs()),
+            },
+        ),
+        None => (format!("none up to {last}"), "–".to_string()),
+    };
+    res.add_text(
+        Who::Us,
+        &format!("{name}: fewest that lock a client out (> 5 s or refused)"),
+        "attackers",
+        fewest,
+    );
+    res.add_text(
+        Who::Us,
+        &format!("{name}: client locked out for, from its first try"),
+        "s",
+        lockout,
+    );
+    if let Some(d) = worst_in_time {
+        res.add(
+            Who::Us,
+            &format!("{name}: client's longest connect → 250 with fewer attackers"),
+            "ms",
+            ms(d),
+        );
+    }
+    res.note(format!(
+        "{name}, client per attacker count: {}",
+        lines.join("; ")
+    ));
+    if !ended.is_empty() {
+        res.note(format!(
+            "{name}, replies that ended attackers: {}",
+            ended.join(" | ")
+        ));
+    }
+    Ok(())
+}
+
+/// hammer_case keeps HAMMER_CONNS connections from the attacker addresses
+/// opening and sitting idle (each reopened as soon as it is refused or ended)
+/// while the client sends one message after another over fresh connections.
+fn hammer_case(o: &Opts, extra: &str, name: &str, res: &mut Results) -> Result<(), String> {
+    eprintln!("bench: {name}");
+    let time = if o.quick {
+        HAMMER_TIME_QUICK
+    } else {
+        HAMMER_TIME
+    };
+    let relay = Relay::start(o, None, extra)?;
+    let start = Instant::now();
+    let until = start + time;
+    // The hammer stops when the client's last try is over (a try that began
+    // before `until` must not find the hammer gone), by this at the latest.
+    let hammer_until = until + TRY_TIMEOUT * 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut threads = Vec::new();
+    for i in 0..HAMMER_CONNS {
+        let (stop, t, to) = (Arc::clone(&stop), Arc::clone(&tally), relay.addr);
+        let from = ATTACKER_IPS[i % ATTACKER_IPS.len()];
+        if let Ok(h) = thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || hammer(from, to, &stop, hammer_until, &t))
+        {
+            threads.push(h);
+        }
+    }
+    thread::sleep(HAMMER_WARMUP);
+    let (mut lat, mut refused, mut first_refusal) = (Vec::new(), 0usize, None);
+    let mut seq = 0;
+    while Instant::now() < until && (seq as usize) < CLIENT_MAX_TRIES {
+        seq += 1;
+        match client_try(relay.addr, seq, TRY_TIMEOUT) {
+            Ok((_, done)) => lat.push(done),
+            Err((_, e)) => {
+                refused += 1;
+                first_refusal.get_or_insert(e);
+                thread::sleep(CLIENT_PAUSE);
+            }
+        }
+    }
+    let pool = pool_figures(&o.bin, &relay);
+    stop.store(true, Ordering::SeqCst);
+    for h in threads {
+        let _ = h.join();
+    }
+    let elapsed = start.elapsed();
+    relay.stop();
+    let (p50, p99) = percentiles(&lat);
+    let max = lat.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "  client: {} accepted (p50 {} ms, p99 {} ms, max {} ms), {refused} refused; hammer: {}",
+        lat.len(),
+        num(ms(p50)),
+        num(ms(p99)),
+        num(ms(max)),
+        tally.summary()
+    );
+    if !lat.is_empty() {
+        res.add(
+            Who::Us,
+            &format!("{name}: client connect → 250 p50"),
+            "ms",
+            ms(p50),
+        );
+        res.add(
+            Who::Us,
+            &format!("{name}: client connect → 250 p99"),
+            "ms",
+            ms(p99),
+        );
+        res.add(
+            Who::Us,
+            &format!("{name}: client connect → 250 max"),
+            "ms",
+            ms(max),
+        );
+    }
+    res.add(
+        Who::Us,
+        &format!("{name}: client messages accepted"),
+        "msgs",
+        lat.len() as f64,
+    );
+    res.add(
+        Who::Us,
+        &format!("{name}: client tries refused or failed"),
+        "tries",
+        refused as f64,
+    );
+    let mut note = format!(
+        "{name}: {:.0} s; hammer connections opened {}: {} got a session, {} refused at connect; \
+         the client started after {} s",
+        elapsed.as_secs_f64(),
+        tally.held.load(Ordering::SeqCst)
+            + tally.refused.load(Ordering::SeqCst)
+            + tally.failed.load(Ordering::SeqCst),
+        tally.held.load(Ordering::SeqCst),
+        tally.refused.load(Ordering::SeqCst),
+        HAMMER_WARMUP.as_secs()
+    );
+    if let Some(e) = first_refusal {
+        let _ = write!(note, "; the client's first refusal: {e}");
+    }
+    if let Some(p) = pool {
+        let _ = write!(note, "; relay pool at the end: {p}");
+    }
+    let replies = tally.replies_text();
+    if !replies.is_empty() {
+        let _ = write!(note, "; replies to the hammer: {replies}");
+    }
+    res.note(note);
+    Ok(())
+}
+
+/// hammer keeps one connection open and idle after its banner, reopening it
+/// whenever it is refused or ended, until `stop` is set or `until` passes (or
+/// after HAMMER_MAX_EACH connections).
+fn hammer(from: Ipv4Addr, to: SocketAddr, stop: &AtomicBool, until: Instant, t: &Tally) {
+    let until = until.min(Instant::now() + ATTACKER_LIFE);
+    for _ in 0..HAMMER_MAX_EACH {
+        if stop.load(Ordering::SeqCst) || Instant::now() >= until {
+            return;
+        }
+        let Some(mut c) = connect_from(from, to, Duration::from_secs(5))
+            .ok()
+            .and_then(|s| Smtp::from_stream(s, Duration::from_secs(5)).ok())
+        else {
+            t.failed.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(HAMMER_PAUSE);
+            continue;
+        };
+        if let Err(e) = c.expect(None, 220) {
+            t.refused.fetch_add(1, Ordering::SeqCst);
+            t.reply("at connect", &e);
+            thread::sleep(HAMMER_PAUSE);
+            continue;
+        }
+        // A connection that waited for a worker is served once the others let go
+        // at the end: not a session the hammer held.
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        t.held.fetch_add(1, Ordering::SeqCst);
+        t.holding.fetch_add(1, Ordering::SeqCst);
+        let ended = c.hold(None, Duration::from_millis(500), stop, until);
+        t.holding.fetch_sub(1, Ordering::SeqCst);
+        if let Some(why) = ended {
+            t.cut.fetch_add(1, Ordering::SeqCst);
+            t.reply("while held", &why);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1083,17 +1815,64 @@ struct Smtp {
 impl Smtp {
     fn connect(addr: SocketAddr) -> Result<Smtp, String> {
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
-        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-        let w = s.try_clone().map_err(|e| e.to_string())?;
-        let mut c = Smtp {
-            r: BufReader::with_capacity(4096, s),
-            w,
-        };
+        let mut c = Smtp::from_stream(s, IO_TIMEOUT)?;
         c.expect(None, 220)?;
         c.expect(Some(b"EHLO client.bench.test\r\n"), 250)?;
         Ok(c)
+    }
+
+    /// from_stream wraps a connected socket; every read and write gives up after `timeout`.
+    fn from_stream(s: TcpStream, timeout: Duration) -> Result<Smtp, String> {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(timeout));
+        let _ = s.set_write_timeout(Some(timeout));
+        let w = s.try_clone().map_err(|e| e.to_string())?;
+        Ok(Smtp {
+            r: BufReader::with_capacity(4096, s),
+            w,
+        })
+    }
+
+    /// hold keeps the session open, sending one byte of `trickle` (then 'x')
+    /// per `tick` if given, until the relay ends it (Some: its reply, or how
+    /// it closed), `stop` is set, or `deadline` passes (None).
+    fn hold(
+        &mut self,
+        trickle: Option<&[u8]>,
+        tick: Duration,
+        stop: &AtomicBool,
+        deadline: Instant,
+    ) -> Option<String> {
+        let _ = self.w.set_read_timeout(Some(tick));
+        for i in 0.. {
+            if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                return None;
+            }
+            if let Some(line) = trickle {
+                let b = line.get(i).copied().unwrap_or(b'x');
+                if let Err(e) = self.w.write_all(&[b]) {
+                    return Some(format!("write: {e}"));
+                }
+            }
+            match self.r.fill_buf() {
+                Ok([]) => return Some("closed without a reply".into()),
+                Ok(_) => {
+                    return Some(match read_reply(&mut self.r) {
+                        Ok((_, text)) => text,
+                        Err(e) => format!("reading: {e}"),
+                    })
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Some(format!("reading: {e}")),
+            }
+        }
+        None
     }
 
     fn expect(&mut self, cmd: Option<&[u8]>, code: u16) -> Result<(), String> {
@@ -1442,13 +2221,11 @@ fn render(o: &Opts, res: &Results, started: SystemTime, before: &str, after: &st
         }
     }
     for (label, unit) in &res.order {
-        let Some(by) = res.values.get(label) else {
-            continue;
-        };
-        let us = by.get(&Who::Us);
+        let by = res.values.get(label);
+        let us = by.and_then(|b| b.get(&Who::Us));
         match &o.peer {
             Some(_) => {
-                let them = by.get(&Who::Peer);
+                let them = by.and_then(|b| b.get(&Who::Peer));
                 let ratio = match (us, them) {
                     (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() && summary(b).0 > 0.0 => {
                         format!("{:.2}", summary(a).0 / summary(b).0)
@@ -1458,12 +2235,12 @@ fn render(o: &Opts, res: &Results, started: SystemTime, before: &str, after: &st
                 let _ = writeln!(
                     s,
                     "| {label} | {unit} | {} | {} | {ratio} |",
-                    cell(us),
-                    cell(them)
+                    res.cell(label, Who::Us),
+                    res.cell(label, Who::Peer)
                 );
             }
             None => {
-                let _ = writeln!(s, "| {label} | {unit} | {} |", cell(us));
+                let _ = writeln!(s, "| {label} | {unit} | {} |", res.cell(label, Who::Us));
             }
         }
     }

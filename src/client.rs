@@ -9,6 +9,7 @@ use crate::config::{SmarthostAuth, TlsMode};
 use crate::smtp::data::write_stuffed;
 use crate::smtp::reply::{parse_reply_line, MAX_PEER_REPLY_LINE, MAX_REPLY_LINES};
 use crate::smtp::sasl::{self, BearerMechanism};
+use crate::smtp::throttle::{self, Throttle};
 use crate::tls::Stream;
 use std::fmt;
 use std::io::{self, BufWriter, Read, Write};
@@ -66,6 +67,9 @@ pub struct ClientError {
     /// enhanced status code, an identity provider's error code; never ids or times): a pause
     /// is logged again only when this, the stage or the permanence changes. Empty = unnamed.
     pub kind: String,
+    /// Set when the smarthost said the account is throttled (a quota, a rate or connection
+    /// limit): never permanent, whatever the reply's first digit.
+    pub throttle: Option<Throttle>,
 }
 
 impl ClientError {
@@ -75,6 +79,7 @@ impl ClientError {
             permanent,
             message: message.into(),
             kind: String::new(),
+            throttle: None,
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Settings {
     pub auth: SmarthostAuth,
     /// OAuth access tokens, for XOAUTH2/OAUTHBEARER; None = password mechanisms.
     pub bearer: Option<Arc<dyn BearerSource>>,
+    /// `[smarthost] throttle_replies`: more replies that mean "account throttled".
+    pub throttle_replies: Arc<[String]>,
     /// Name sent in EHLO/HELO.
     pub helo: String,
     /// Per address TCP connect timeout (e.g. 30 s).
@@ -151,6 +158,17 @@ pub enum RcptOutcome {
     Transient(String),
     /// 5xx: bounce.
     Permanent(String),
+    /// The account is throttled (whatever the code): wait, never bounce for it.
+    Throttled(Throttle, String),
+}
+
+/// outcome is what a refusal of one recipient (RCPT, or the final dot) means.
+fn outcome(r: &Reply, extra: &[String]) -> RcptOutcome {
+    match throttle::classify(r.code, &r.text(), extra) {
+        Some(t) => RcptOutcome::Throttled(t, r.text()),
+        None if (500..600).contains(&r.code) => RcptOutcome::Permanent(r.text()),
+        None => RcptOutcome::Transient(r.text()),
+    }
 }
 
 /// The EHLO keywords this client uses (RFC 5321 4.1.1.1; each extension's RFC at its field).
@@ -265,10 +283,21 @@ fn wire_error(stage: Stage, peer: &str, what: &str, e: WireError) -> ClientError
 }
 
 /// Permanence from the reply code: 5xx permanent, anything else (4xx, nonsense) transient.
-fn reply_error(stage: Stage, peer: &str, what: &str, r: &Reply) -> ClientError {
+fn reply_error(stage: Stage, peer: &str, what: &str, r: &Reply, extra: &[String]) -> ClientError {
     let permanent = (500..600).contains(&r.code);
     let mut e = ClientError::new(stage, permanent, format!("{peer}: {what}: {}", r.text()));
     e.kind = reply_kind(r);
+    throttled(e, r, extra)
+}
+
+/// throttled marks an error whose reply is a throttle (the account is limited): transient,
+/// with the throttle's kind.
+fn throttled(mut e: ClientError, r: &Reply, extra: &[String]) -> ClientError {
+    if let Some(t) = throttle::classify(r.code, &r.text(), extra) {
+        e.permanent = false;
+        e.kind = format!("throttle {}", t.name());
+        e.throttle = Some(t);
+    }
     e
 }
 
@@ -526,6 +555,8 @@ pub struct Connection {
     /// clean 250 the next MAIL goes without RSET.
     needs_rset: bool,
     transcript: Option<TranscriptSink>,
+    /// `[smarthost] throttle_replies`.
+    throttles: Arc<[String]>,
 }
 
 impl Connection {
@@ -846,6 +877,7 @@ impl Connection {
                 &peer,
                 "MAIL FROM refused",
                 &mail_reply,
+                &self.throttles,
             ));
         }
 
@@ -862,8 +894,7 @@ impl Connection {
                     accepted += 1;
                     None
                 }
-                500..=599 => Some(RcptOutcome::Permanent(r.text())),
-                _ => Some(RcptOutcome::Transient(r.text())),
+                _ => Some(outcome(&r, &self.throttles)),
             };
         }
 
@@ -887,6 +918,7 @@ impl Connection {
                     &peer,
                     "MAIL FROM refused",
                     &mail_reply,
+                    &self.throttles,
                 ));
             }
             Some(r)
@@ -906,7 +938,13 @@ impl Connection {
             }
         };
         if data_reply.code != 354 {
-            return Err(reply_error(Stage::Send, &peer, "DATA refused", &data_reply));
+            return Err(reply_error(
+                Stage::Send,
+                &peer,
+                "DATA refused",
+                &data_reply,
+                &self.throttles,
+            ));
         }
 
         // RFC 5321 4.5.3.2.5: each data block, 3 minutes.
@@ -932,8 +970,7 @@ impl Connection {
                 self.needs_rset = false;
                 RcptOutcome::Accepted
             }
-            400..=499 => RcptOutcome::Transient(dot.text()),
-            500..=599 => RcptOutcome::Permanent(dot.text()),
+            400..=599 => outcome(&dot, &self.throttles),
             _ => {
                 // Neither taken nor refused: do not risk a duplicate by guessing; retry later.
                 self.broken = true;
@@ -1050,7 +1087,13 @@ fn open_host(
         .map_err(|e| wire_error(Stage::Connect, &peer, "waiting for the greeting", e))?;
     if greeting.code != 220 {
         wire.quit(t, tr);
-        return Err(refused(Stage::Connect, &peer, "greeting", &greeting));
+        return Err(refused(
+            Stage::Connect,
+            &peer,
+            "greeting",
+            &greeting,
+            &s.throttle_replies,
+        ));
     }
     let mut ext = hello(&mut wire, s, tr)?;
 
@@ -1071,7 +1114,13 @@ fn open_host(
             .map_err(|e| wire_error(Stage::Tls, &peer, "STARTTLS", e))?;
         if r.code != 220 {
             wire.quit(t, tr);
-            return Err(refused(Stage::Tls, &peer, "STARTTLS refused", &r));
+            return Err(refused(
+                Stage::Tls,
+                &peer,
+                "STARTTLS refused",
+                &r,
+                &s.throttle_replies,
+            ));
         }
         // Bytes that came before the handshake must not be read as if they came through TLS
         // (STARTTLS response injection, CVE-2011-1575 class).
@@ -1112,13 +1161,15 @@ fn open_host(
         broken: false,
         needs_rset: false,
         transcript: None,
+        throttles: Arc::clone(&s.throttle_replies),
     })
 }
 
 /// A refused greeting, EHLO or STARTTLS is about the server, not the message: never bounce
 /// for it, whatever the code.
-fn refused(stage: Stage, peer: &str, what: &str, r: &Reply) -> ClientError {
-    ClientError::new(stage, false, format!("{peer}: {what}: {}", r.text()))
+fn refused(stage: Stage, peer: &str, what: &str, r: &Reply, extra: &[String]) -> ClientError {
+    let e = ClientError::new(stage, false, format!("{peer}: {what}: {}", r.text()));
+    throttled(e, r, extra)
 }
 
 /// EHLO, falling back to HELO on a 5xx (RFC 5321 3.2) only when nothing needs extensions:
@@ -1142,10 +1193,22 @@ fn hello(wire: &mut Wire, s: &Settings, tr: Transcript<'_>) -> Result<Extensions
             return Ok(Extensions::default());
         }
         wire.quit(t, tr);
-        return Err(refused(Stage::Connect, &peer, "HELO refused", &r));
+        return Err(refused(
+            Stage::Connect,
+            &peer,
+            "HELO refused",
+            &r,
+            &s.throttle_replies,
+        ));
     }
     wire.quit(t, tr);
-    Err(refused(Stage::Connect, &peer, "EHLO refused", &r))
+    Err(refused(
+        Stage::Connect,
+        &peer,
+        "EHLO refused",
+        &r,
+        &s.throttle_replies,
+    ))
 }
 
 /// no_auth_offered is the error for a smarthost that offers no AUTH at all.
@@ -1168,8 +1231,9 @@ fn no_auth_offered(wire: &Wire) -> ClientError {
 /// login_refused describes a refused login with its permanence (RFC 4954 6: 535 = bad
 /// credentials, other 5xx = refused for good, retrying the same only risks a lockout; 4xx =
 /// try later), and what the provider's reply means when it is a known one.
-fn login_refused(peer: &str, r: &Reply, extra: &str, bearer: bool) -> ClientError {
-    let mut e = reply_error(Stage::Auth, peer, "login refused", r);
+fn login_refused(peer: &str, r: &Reply, extra: &str, s: &Settings) -> ClientError {
+    let bearer = s.bearer.is_some();
+    let mut e = reply_error(Stage::Auth, peer, "login refused", r, &s.throttle_replies);
     e.message.push_str(extra);
     if let Some(h) = sasl::login_hint(&r.text(), bearer) {
         e.message.push_str(": ");
@@ -1241,7 +1305,7 @@ fn authenticate(
                 format!("{peer}: unexpected AUTH challenge; login cancelled"),
             ))
         }
-        _ => Err(login_refused(&peer, &reply, "", false)),
+        _ => Err(login_refused(&peer, &reply, "", s)),
     }
 }
 
@@ -1312,7 +1376,7 @@ fn authenticate_bearer(
             (None, true) => " (a fresh token was refused too)".to_string(),
             (None, false) => String::new(),
         };
-        return Err(login_refused(&peer, &reply, &extra, true));
+        return Err(login_refused(&peer, &reply, &extra, s));
     }
 }
 
@@ -1562,6 +1626,7 @@ mod tests {
             password: None,
             auth: SmarthostAuth::Auto,
             bearer: None,
+            throttle_replies: Arc::from(Vec::new()),
             helo: "relay.test".to_string(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
@@ -1697,11 +1762,32 @@ mod tests {
                 "250 queued",
                 vec![RcptOutcome::Accepted, perm("550 5.1.1 no such user")],
             ),
+            // Too many recipients: the rest go in another transaction, not after a backoff.
             (
                 "452 on one",
                 ["452 4.5.3 too many", "250 ok"],
                 "250 queued",
-                vec![temp("452 4.5.3 too many"), RcptOutcome::Accepted],
+                vec![
+                    RcptOutcome::Throttled(
+                        Throttle::TooManyRecipients,
+                        "452 4.5.3 too many".into(),
+                    ),
+                    RcptOutcome::Accepted,
+                ],
+            ),
+            // A quota after the dot is the account's, not the message's: never a bounce.
+            (
+                "quota after dot",
+                ["250 ok", "250 ok"],
+                "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                vec![
+                    RcptOutcome::Throttled(
+                        Throttle::DailyQuota,
+                        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException"
+                            .into(),
+                    );
+                    2
+                ],
             ),
             (
                 "5xx after dot",

@@ -2,7 +2,8 @@
 //! retries deferred ones with backoff, pauses the whole queue after a login, certificate or
 //! connection failure, expires old messages and queues bounces.
 //!
-//! SENDERS sender threads and one scan thread share one `Work` behind a Mutex + Condvar. Each
+//! `[smarthost] max_connections` sender threads and one scan thread share one `Work` behind a
+//! Mutex + Condvar. Each
 //! sender owns its own smarthost connection: it claims the most overdue message nobody else
 //! holds (a message is in the hands of one sender at a time), sends it, writes the outcome back
 //! to the spool, and keeps going over the same connection while messages are due (no RSET after
@@ -34,15 +35,27 @@ use crate::client::{BearerSource, ClientError, Connection, RcptOutcome, Settings
 use crate::config::{Config, SmarthostAuth};
 use crate::message;
 use crate::oauth::Tokens;
+use crate::pacing::Pacer;
 use crate::queue_cmd::human;
 use crate::rewrite;
+use crate::slots;
+use crate::smtp::throttle::Throttle;
 use crate::spool::{Envelope, RcptState, Spool, SpoolError};
+use crate::storm::Storm;
 use crate::tls;
 
-/// Sender threads, each with its own smarthost connection. A sender spends most of a message
-/// waiting (smarthost round trips, the queue folder's fsync), so two or three overlap well even
-/// on one core; more would mostly load the smarthost (a relay's peer may limit connections).
-const SENDERS: usize = 3;
+/// When a `432 4.3.2` (too many connections) ends an extra connection while another works,
+/// that slot rests this long: the account's limit is lower than max_connections for now.
+const CONCURRENCY_REST: Duration = Duration::from_secs(300);
+/// Pause after a rate or concurrency throttle: this, doubling, up to THROTTLE_MAX.
+const THROTTLE_MIN: Duration = Duration::from_secs(60);
+const THROTTLE_MAX: Duration = Duration::from_secs(900);
+/// Pause after a daily quota: one probe message an hour until it goes.
+const QUOTA_PROBE: Duration = Duration::from_secs(3600);
+/// The pacing state is written at most this often (and at shutdown); see `save_pacing`.
+const PACING_SAVE_EVERY: Duration = Duration::from_secs(10);
+/// Where the pacing state lives in the spool folder.
+const PACING_FILE: &str = "pacing.state";
 /// After an extra connection failed while another sender's works, that sender waits this long
 /// before trying again; the working connections carry the queue meanwhile (a smarthost that
 /// limits connections per client must not pause the whole queue).
@@ -96,6 +109,31 @@ pub struct StatusSnapshot {
     pub pause_reason: Option<String>,
     /// No smarthost configured: every message stays queued.
     pub hold: bool,
+    /// The pacing budget and the storm view.
+    pub pacing: PacingView,
+}
+
+/// What `status` shows of the pacing budget and of the arrivals (times in unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PacingView {
+    /// `[smarthost] rate` as written back ("30/1m"); None without one.
+    pub rate: Option<String>,
+    /// Messages that may still go in the current rate window.
+    pub budget_left: Option<u64>,
+    /// When the rate window has room again, when it is full.
+    pub refills_at: Option<u64>,
+    /// When the next message may go, when pacing holds messages back.
+    pub next_slot: Option<u64>,
+    /// Recipients left in the rolling day (`daily_recipients`).
+    pub recipients_left: Option<u64>,
+    /// Messages due but held back by pacing.
+    pub waiting: usize,
+    /// Messages that arrived in the last minute and the last hour.
+    pub arrivals_minute: u64,
+    /// See arrivals_minute.
+    pub arrivals_hour: u64,
+    /// How much the queue grew over the last minute (negative: it shrank).
+    pub growth_per_minute: i64,
 }
 
 /// Delivery state shared with the status command; a Mutex inside.
@@ -191,6 +229,7 @@ pub fn settings(cfg: &Config, tokens: Option<Arc<Tokens>>) -> Result<Settings, S
         username: sh.username.clone(),
         password: sh.password.clone(),
         auth: sh.auth,
+        throttle_replies: Arc::from(sh.throttle_replies.clone()),
         bearer: tokens
             .filter(|_| !matches!(sh.auth, SmarthostAuth::Plain | SmarthostAuth::Login))
             .map(|t| t as Arc<dyn BearerSource>),
@@ -214,6 +253,60 @@ pub fn tokens(cfg: &Config) -> TokenSource {
         .map_err(|e| format!("{}: {e}", cfg.path.display()))
 }
 
+/// pacing_view is what `status` shows of the pacing budget and the arrivals.
+fn pacing_view(w: &Work, now: u64) -> PacingView {
+    let secs = |ms: u64| ms.div_ceil(1000);
+    let now_s = now / 1000;
+    PacingView {
+        rate: w.cfg.smarthost.rate.as_ref().map(|r| r.to_string()),
+        budget_left: w.pacer.budget_left(now),
+        refills_at: w.pacer.refills_at(now).map(secs),
+        next_slot: w.pacer.next_slot(now, 1).map(secs),
+        recipients_left: w.pacer.recipients_left(now),
+        waiting: w.waiting_for_pace(now),
+        arrivals_minute: w.storm.last_minute(now_s),
+        arrivals_hour: w.storm.last_hour(now_s),
+        growth_per_minute: w.storm.growth_per_minute(now_s),
+    }
+}
+
+/// pause_delay is how long delivery pauses after an attempt failed this way: a throttle by
+/// its kind (minutes for a rate or connection limit; an hourly probe for a daily quota), any
+/// other failure by the retry schedule.
+fn pause_delay(throttle: Option<Throttle>, level: u32, cfg: &Config) -> Duration {
+    match throttle {
+        Some(Throttle::Rate | Throttle::Concurrency | Throttle::TooManyRecipients) => {
+            backoff(level, THROTTLE_MIN, THROTTLE_MAX, jitter())
+        }
+        Some(Throttle::DailyQuota) => QUOTA_PROBE,
+        None => backoff(level, cfg.queue.retry_min, cfg.queue.retry_max, jitter()),
+    }
+}
+
+/// load_pacing rebuilds the pacing budget from the spool's pacing.state (what was sent in the
+/// current windows before a restart); a missing or damaged file starts empty.
+pub fn load_pacing(cfg: &Config, dir: &Path) -> Pacer {
+    let sh = &cfg.smarthost;
+    match std::fs::read_to_string(dir.join(PACING_FILE)) {
+        Ok(text) => Pacer::decode(&text, sh.rate.clone(), sh.daily_recipients, now_ms()),
+        Err(_) => Pacer::new(sh.rate.clone(), sh.daily_recipients),
+    }
+}
+
+/// save_pacing writes pacing.state: under a temporary name, then renamed over the old one,
+/// without an fsync. A crash or power cut may lose the last PACING_SAVE_EVERY of sends; the
+/// budget then errs by at most that much, and a provider that notices answers with a
+/// throttle reply, which only pauses delivery. An fsync per message would cost flash writes
+/// for nothing more.
+fn save_pacing(dir: &Path, pacer: &Pacer) {
+    let tmp = dir.join(format!("{PACING_FILE}.tmp"));
+    let written = std::fs::write(&tmp, pacer.encode())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(PACING_FILE)));
+    if let Err(e) = written {
+        log::warn!("delivery: cannot save {PACING_FILE}: {e}");
+    }
+}
+
 /// How a message came into the index (for the debug log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -223,6 +316,8 @@ enum Source {
     Retry,
     Flush,
     Bounce,
+    /// Handed back untried: its recipients did not fit the pacing budget yet.
+    Paced,
 }
 
 impl Source {
@@ -234,6 +329,7 @@ impl Source {
             Source::Retry => "retry",
             Source::Flush => "flush",
             Source::Bounce => "new report",
+            Source::Paced => "paced",
         }
     }
 }
@@ -316,10 +412,20 @@ struct Work {
     /// while none is open, or the one attempt after a pause): the others wait for its outcome.
     probing: bool,
     stopping: bool,
+    /// The `rate` and `daily_recipients` budget (see pacing.rs).
+    pacer: Pacer,
+    /// The pacer changed since it was last saved.
+    pacer_dirty: bool,
+    /// Pacing is holding due messages back (they have been put in arrival order).
+    paced: bool,
+    /// Arrivals and queue growth.
+    storm: Storm,
+    /// Since when a daily quota has paused the queue, and whether that was reported after a day.
+    quota_since: Option<(u64, bool)>,
 }
 
 impl Work {
-    fn new(cfg: Arc<Config>, index: Index) -> Work {
+    fn new(cfg: Arc<Config>, index: Index, pacer: Pacer) -> Work {
         Work {
             cfg,
             index,
@@ -328,7 +434,44 @@ impl Work {
             links: 0,
             probing: false,
             stopping: false,
+            pacer,
+            pacer_dirty: false,
+            paced: false,
+            storm: Storm::default(),
+            quota_since: None,
         }
+    }
+
+    /// hold_for_pace: pacing starts holding due messages back; they then go in arrival order
+    /// (oldest first), not in the order their retries happened to fall due.
+    fn hold_for_pace(&mut self, now: u64) {
+        if self.paced {
+            return;
+        }
+        self.paced = true;
+        let due: Vec<(String, Source)> = self
+            .index
+            .by_id
+            .iter()
+            .filter(|(id, e)| e.due <= now && !self.busy.contains(*id))
+            .map(|(id, e)| (id.clone(), e.source))
+            .collect();
+        for (id, source) in due {
+            self.index.set_due(&id, 0, source);
+        }
+    }
+
+    /// waiting_for_pace counts the due messages pacing holds back.
+    fn waiting_for_pace(&self, now: u64) -> usize {
+        if self.pacer.next_slot(now, 1).is_none() {
+            return 0;
+        }
+        self.index
+            .by_due
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .filter(|(_, id)| !self.busy.contains(id))
+            .count()
     }
 
     /// claim hands a sender the most overdue message no other sender holds, or says how long
@@ -366,6 +509,12 @@ impl Work {
         if due > now {
             return Err(Duration::from_millis(due - now));
         }
+        // Pacing delays, never refuses: the message stays due and goes at the next free slot.
+        if let Some(slot) = self.pacer.next_slot(now, 1) {
+            self.hold_for_pace(now);
+            return Err(Duration::from_millis(slot.saturating_sub(now).max(1)));
+        }
+        self.paced = false;
         let source = self
             .index
             .by_id
@@ -473,9 +622,11 @@ impl Runner {
         } else if !cfg.smarthost.tls_verify && cfg.smarthost.tls_fingerprint.is_none() {
             log::warn!("delivery: tls_verify = no: the smarthost's certificate is NOT checked");
         }
+        let pacer = load_pacing(&cfg, spool.dir());
+        let senders = cfg.smarthost.max_connections.max(1);
         let shared = Arc::new(Shared {
             spool,
-            work: Mutex::new(Work::new(cfg, index)),
+            work: Mutex::new(Work::new(cfg, index, pacer)),
             wake: Condvar::new(),
             scan_wake: Condvar::new(),
             state: Arc::new(DeliveryState::default()),
@@ -491,7 +642,7 @@ impl Runner {
         shared.publish(&shared.lock());
         let mut threads = Vec::new();
         // Some(n): sender n; None: the scan thread.
-        for role in (0..SENDERS).map(Some).chain([None]) {
+        for role in (0..senders).map(Some).chain([None]) {
             let sh = Arc::clone(&shared);
             *shared.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             let name = role.map_or("queue-scan".to_string(), |n| format!("delivery-{n}"));
@@ -580,6 +731,10 @@ impl Runner {
         for t in self.threads {
             let _ = t.join();
         }
+        let w = self.shared.lock();
+        if w.pacer_dirty {
+            save_pacing(self.shared.spool.dir(), &w.pacer);
+        }
     }
 }
 
@@ -646,6 +801,8 @@ struct Link {
     last_reply: Arc<Mutex<String>>,
     /// Opened for the message in hand: no RSET needed before it.
     fresh: bool,
+    /// The connection slot it holds (None when slots cannot be shared).
+    _slot: Option<slots::Slot>,
 }
 
 impl Link {
@@ -711,6 +868,7 @@ impl Shared {
                 s.pause_reason = None;
             }
         }
+        s.pacing = pacing_view(w, now);
     }
 
     fn notify(&self, id: &str) {
@@ -719,13 +877,15 @@ impl Shared {
             if w.index.by_id.contains_key(id) {
                 w.index.set_due(id, 0, Source::Notify);
             } else {
+                let arrival = message::now();
                 let e = Entry {
                     due: 0,
-                    arrival: message::now(),
+                    arrival,
                     added: Instant::now(),
                     source: Source::Notify,
                 };
                 w.index.insert(id, e);
+                w.storm.arrived(arrival, 1);
             }
         }
         self.publish(&w);
@@ -759,6 +919,7 @@ impl Shared {
 
     fn scan_loop(&self) {
         let mut unreadable = BTreeSet::new();
+        let mut last_save = Instant::now();
         loop {
             {
                 let w = self.lock();
@@ -779,7 +940,42 @@ impl Shared {
             }
             self.rescan(&mut unreadable);
             self.keep_alive_tick();
+            self.storm_tick(&mut last_save);
         }
+    }
+
+    /// storm_tick samples the queue length for the storm view, warns once when the queue
+    /// grows faster than pacing lets it drain, saves the pacing state now and then, and
+    /// refreshes the status (the budget refills with time, not only with events).
+    fn storm_tick(&self, last_save: &mut Instant) {
+        let mut w = self.lock();
+        let now = now_ms();
+        let now_s = now / 1000;
+        let queued = w.index.by_id.len();
+        w.storm.sample(now_s, queued);
+        let pace = w
+            .cfg
+            .smarthost
+            .rate
+            .as_ref()
+            .map(|r| r.count as f64 * 60.0 / r.per.as_secs_f64().max(0.001));
+        if let Some(warning) = w.storm.check(now_s, queued, pace) {
+            log::warn!("delivery: {warning}");
+        }
+        if let Some((since, reported)) = w.quota_since {
+            if !reported && now.saturating_sub(since) > 86_400_000 {
+                log::warn!(
+                    "delivery: {queued} message(s) have waited more than a day for the smarthost's daily quota; they go out as it allows, and bounce only when their lifetime runs out"
+                );
+                w.quota_since = Some((since, true));
+            }
+        }
+        if w.pacer_dirty && last_save.elapsed() >= PACING_SAVE_EVERY {
+            save_pacing(self.spool.dir(), &w.pacer);
+            w.pacer_dirty = false;
+            *last_save = Instant::now();
+        }
+        self.publish(&w);
     }
 
     /// keep_alive_tick uses a long-unused OAuth refresh token once (at start, then hourly
@@ -912,6 +1108,7 @@ impl Shared {
                 source: Source::Rescan,
             };
             w.index.insert(&env.id, e);
+            w.storm.arrived(message::now(), 1);
         }
         self.publish(&w);
         drop(w);
@@ -1030,6 +1227,28 @@ impl Shared {
             }
         }
         if s.link.is_none() {
+            // One of max_connections slots, shared with `picorelay probe`.
+            let slot = match slots::try_take(self.spool.dir(), job.cfg.smarthost.max_connections) {
+                Ok(Some(slot)) => Some(slot),
+                Ok(None) => {
+                    // Every slot is in use (a probe holds one): try again shortly.
+                    let mut w = self.lock();
+                    if job.probe {
+                        w.probing = false;
+                    }
+                    drop(w);
+                    s.open_after = Some(Instant::now() + EXTRA_LINK_RETRY);
+                    log::debug!(
+                        "delivery {}: every smarthost connection slot is in use",
+                        s.n
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    log::debug!("delivery {}: connection slots unavailable ({e})", s.n);
+                    None
+                }
+            };
             let opened = match self.settings_for(s, &job.cfg) {
                 Ok(settings) => Connection::open(&settings, None),
                 Err(e) => Err(ClientError {
@@ -1037,6 +1256,7 @@ impl Shared {
                     permanent: false,
                     message: e,
                     kind: "settings".to_string(),
+                    throttle: None,
                 }),
             };
             match opened {
@@ -1057,6 +1277,7 @@ impl Shared {
                         last_used: Instant::now(),
                         last_reply,
                         fresh: true,
+                        _slot: slot,
                     });
                     let mut w = self.lock();
                     w.links += 1;
@@ -1064,6 +1285,7 @@ impl Shared {
                         w.probing = false;
                     }
                     s.open_after = None;
+                    w.quota_since = None;
                     if w.pause.take().is_some() {
                         log::info!("delivery resumed");
                         // What waited out the pause goes in arrival order, not in the order
@@ -1092,9 +1314,14 @@ impl Shared {
                     }
                     if !job.probe && w.links > 0 && w.pause.is_none() {
                         // Others' connections work (the smarthost may limit connections per
-                        // client): no pause, they carry the queue; this sender tries later.
+                        // client): no pause, they carry the queue; this sender tries later,
+                        // much later when the smarthost said so (432 4.3.2).
                         drop(w);
-                        s.open_after = Some(Instant::now() + EXTRA_LINK_RETRY);
+                        let rest = match e.throttle {
+                            Some(Throttle::Concurrency) => CONCURRENCY_REST,
+                            _ => EXTRA_LINK_RETRY,
+                        };
+                        s.open_after = Some(Instant::now() + rest);
                         log::info!(
                             "delivery {}: extra smarthost connection failed, going on with fewer: {e}",
                             s.n
@@ -1122,7 +1349,11 @@ impl Shared {
     /// tried until the pause ends; then one attempt decides whether to resume.
     fn open_failed(&self, job: &Job, e: &ClientError) {
         let cfg = &job.cfg;
-        let reason = e.to_string();
+        let reason = match e.throttle {
+            // The account is limited, not the message: said so, and never bounced for it.
+            Some(t) => format!("throttled by the smarthost ({}): {e}", t.name()),
+            None => e.to_string(),
+        };
         self.state.error(e.stage, &e.message);
         let now = now_ms();
         let mut w = self.lock();
@@ -1134,31 +1365,7 @@ impl Shared {
             self.account_pause(cfg, &job.id, &reason, until, true);
             return;
         }
-        let (level, before) = match &w.pause {
-            Some(p) => (
-                p.level.saturating_add(1),
-                Some((p.stage, p.permanent, p.kind.clone())),
-            ),
-            None => (1, None),
-        };
-        let delay = backoff(level, cfg.queue.retry_min, cfg.queue.retry_max, jitter());
-        let until = now + ms(delay);
-        let shown = human(delay.as_secs().max(1));
-        match before {
-            None => log::warn!("delivery paused for {shown}: {reason}"),
-            Some(state) if state != (e.stage, e.permanent, e.kind.clone()) => {
-                log::warn!("delivery still paused, for {shown}: {reason}")
-            }
-            Some(_) => log::debug!("delivery still paused, for {shown}: {reason}"),
-        }
-        w.pause = Some(Pause {
-            until,
-            level,
-            stage: e.stage,
-            permanent: e.permanent,
-            kind: e.kind.clone(),
-            reason: reason.clone(),
-        });
+        let until = self.pause_locked(&mut w, cfg, e, &reason, now);
         self.publish(&w);
         let overdue: Vec<String> = w
             .index
@@ -1190,6 +1397,71 @@ impl Shared {
             }
             self.publish(&w);
         }
+    }
+
+    /// pause_locked pauses delivery of the whole queue after `e` (one more backoff step),
+    /// logging once per change of state; returns when the pause ends.
+    fn pause_locked(
+        &self,
+        w: &mut Work,
+        cfg: &Config,
+        e: &ClientError,
+        reason: &str,
+        now: u64,
+    ) -> u64 {
+        let (level, before) = match &w.pause {
+            Some(p) => (
+                p.level.saturating_add(1),
+                Some((p.stage, p.permanent, p.kind.clone())),
+            ),
+            None => (1, None),
+        };
+        let delay = pause_delay(e.throttle, level, cfg);
+        let until = now + ms(delay);
+        let shown = human(delay.as_secs().max(1));
+        w.quota_since = match (e.throttle, w.quota_since) {
+            (Some(Throttle::DailyQuota), None) => Some((now, false)),
+            (Some(Throttle::DailyQuota), kept) => kept,
+            _ => None,
+        };
+        match before {
+            None => log::warn!("delivery paused for {shown}: {reason}"),
+            Some(state) if state != (e.stage, e.permanent, e.kind.clone()) => {
+                log::warn!("delivery still paused, for {shown}: {reason}")
+            }
+            Some(_) => log::debug!("delivery still paused, for {shown}: {reason}"),
+        }
+        w.pause = Some(Pause {
+            until,
+            level,
+            stage: e.stage,
+            permanent: e.permanent,
+            kind: e.kind.clone(),
+            reason: reason.to_string(),
+        });
+        until
+    }
+
+    /// throttled pauses the queue after a throttle reply that came with a message's outcome
+    /// (not at connect): the outcome is settled by the caller; returns when the pause ends.
+    fn throttled(&self, cfg: &Config, t: Throttle, text: &str, peer: &str) -> u64 {
+        let e = ClientError {
+            stage: Stage::Send,
+            permanent: false,
+            message: format!("{peer}: {text}"),
+            kind: format!("throttle {}", t.name()),
+            throttle: Some(t),
+        };
+        let reason = format!("throttled by the smarthost ({}): {e}", t.name());
+        self.state.error(e.stage, &e.message);
+        let now = now_ms();
+        let mut w = self.lock();
+        let until = match w.pause.as_ref().filter(|p| p.until > now) {
+            Some(p) => p.until,
+            None => self.pause_locked(&mut w, cfg, &e, &reason, now),
+        };
+        self.publish(&w);
+        until
     }
 
     /// account_pause records a pause on one message: attempts and last error when it was the
@@ -1290,6 +1562,18 @@ impl Shared {
                 }
             }
         }
+        // Pacing: the whole message, recipients included, must fit the budget (`claim`
+        // could only look at the rate). Over it, the message waits, untried, in order.
+        {
+            let mut w = self.lock();
+            let now = now_ms();
+            if let Some(slot) = w.pacer.next_slot(now, addrs.len()) {
+                w.index.set_due(id, slot, Source::Paced);
+                return;
+            }
+            w.pacer.record(now, addrs.len());
+            w.pacer_dirty = true;
+        }
         let mut message = Cursor::new(head).chain(&mut reader);
         let result = link.conn.send(
             &sender,
@@ -1304,7 +1588,14 @@ impl Shared {
         let mut outcome = Outcome::none();
         outcome.remote = Some(remote.clone());
         let mut sent = Vec::new();
+        // A throttle that came with the outcome: the account is limited; (kind, reply).
+        let mut throttle: Option<(Throttle, String)> = None;
         match result {
+            // The account is limited, not the message: as at connect, the queue pauses.
+            Err(e) if e.throttle.is_some() => {
+                self.state.error(e.stage, &e.message);
+                return self.open_failed(job, &e);
+            }
             Ok(results) => {
                 let reply = link.last_reply();
                 for (i, r) in env.recipients.iter_mut().enumerate() {
@@ -1327,6 +1618,18 @@ impl Shared {
                             r.state = RcptState::Failed;
                             r.reply = Some(t.clone());
                             outcome.failures.push(failure(r, t, false));
+                        }
+                        RcptOutcome::Throttled(kind, t) => {
+                            r.reply = Some(t.clone());
+                            if outcome.deferred.is_none() {
+                                outcome.deferred = Some(format!("<{}>: {t}", r.addr));
+                            }
+                            if throttle
+                                .as_ref()
+                                .map_or(true, |(k, _)| *k == Throttle::TooManyRecipients)
+                            {
+                                throttle = Some((*kind, t.clone()));
+                            }
                         }
                     }
                 }
@@ -1354,6 +1657,15 @@ impl Shared {
                     outcome.deferred = Some(e.to_string());
                 }
             }
+        }
+        match throttle {
+            // RFC 5321 4.5.3.1.8 lets a server take fewer recipients: the rest go at once, in
+            // a new transaction, not after a backoff.
+            Some((Throttle::TooManyRecipients, _)) => outcome.next_due = Some(now_ms()),
+            Some((kind, text)) => {
+                outcome.next_due = Some(self.throttled(cfg, kind, &text, &remote))
+            }
+            None => {}
         }
         self.settle(cfg, env, outcome);
     }
@@ -1477,13 +1789,15 @@ impl Shared {
             Ok(Disposition::Queued { id: bid, to }) => {
                 log::info!("delivery {id}: report {bid} queued for <{to}>");
                 let mut w = self.lock();
+                let arrival = message::now();
                 let e = Entry {
                     due: 0,
-                    arrival: message::now(),
+                    arrival,
                     added: Instant::now(),
                     source: Source::Bounce,
                 };
                 w.index.insert(&bid, e);
+                w.storm.arrived(arrival, 1);
             }
             Ok(Disposition::Dropped(why)) => {
                 log::warn!("delivery {id}: no report sent ({why}); the failure is only logged")
@@ -1629,7 +1943,7 @@ mod tests {
             };
             ix.insert(&format!("M{i:03}"), e);
         }
-        Work::new(Arc::new(cfg), ix)
+        Work::new(Arc::new(cfg), ix, Pacer::new(None, None))
     }
 
     #[test]

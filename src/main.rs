@@ -20,9 +20,11 @@ mod sendmail;
 mod serve;
 mod server;
 mod session;
+mod slots;
 mod smtp;
 mod spool;
 mod status;
+mod storm;
 mod sys;
 mod tls;
 

@@ -40,7 +40,6 @@ pub struct Pacer {
     rcpts: VecDeque<(u64, u64)>,
 }
 
-#[allow(dead_code)] // used by delivery, status and queue list (issue 13)
 impl Pacer {
     /// new is an empty budget. A rate of 0 messages or a zero interval is no limit (the config
     /// refuses both), as is a daily limit of 0: a limit that never lets anything go would only
@@ -58,6 +57,11 @@ impl Pacer {
             sends: VecDeque::new(),
             rcpts: VecDeque::new(),
         }
+    }
+
+    /// is_unlimited: neither a rate nor a daily recipient limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.rate.is_none() && self.daily.is_none()
     }
 
     /// next_slot is None when a message with `recipients` recipients may go at `now`, else the
@@ -118,6 +122,7 @@ impl Pacer {
     /// else is sent and the ones before it go at their own slots: None when at `now`.
     /// `slot_of(now, 0)` is `next_slot(now, 1)`. It walks k steps; to label a whole queue, use
     /// `slots` once instead.
+    #[cfg(test)]
     pub fn slot_of(&self, now: u64, k: usize) -> Option<u64> {
         self.slots(now).nth(k).filter(|&t| t > now)
     }

@@ -3,6 +3,7 @@
 
 use std::io::{Cursor, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::client::{Connection, RcptOutcome};
 use crate::config::Config;
@@ -11,6 +12,7 @@ use crate::message;
 use crate::queue_cmd::human;
 use crate::rewrite;
 use crate::serve::load_config;
+use crate::slots;
 use crate::tls;
 
 /// run probes the smarthost; exit 0 only when it would take mail (and, with `to`, took the
@@ -33,6 +35,14 @@ pub fn run(config: &Path, to: Option<&str>) -> u8 {
             return 1;
         }
     }
+    // A connection slot, as delivery takes one: `max_connections` counts the probe too.
+    let _slot = match connection_slot(&cfg) {
+        Ok(slot) => slot,
+        Err(e) => {
+            println!("probe: {e}");
+            return 1;
+        }
+    };
     let tokens = match delivery::tokens(&cfg) {
         Ok(t) => t,
         Err(e) => {
@@ -91,6 +101,47 @@ pub fn run(config: &Path, to: Option<&str>) -> u8 {
     code
 }
 
+/// How long the probe waits for a connection slot the running relay is using.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// connection_slot takes one of the `max_connections` smarthost connection slots, waiting
+/// up to SLOT_WAIT while the running relay uses them all. Where the spool cannot be written
+/// (another user), slots cannot be shared: the probe goes on without one.
+fn connection_slot(cfg: &Config) -> Result<Option<slots::Slot>, String> {
+    let max = cfg.smarthost.max_connections;
+    let deadline = Instant::now() + SLOT_WAIT;
+    let mut said = false;
+    loop {
+        match slots::try_take(&cfg.queue.dir, max) {
+            Ok(Some(slot)) => {
+                if said {
+                    println!("probe: got connection slot {} of {max}", slot.n + 1);
+                }
+                return Ok(Some(slot));
+            }
+            Ok(None) if Instant::now() < deadline => {
+                if !said {
+                    println!(
+                        "probe: all {max} smarthost connection(s) ([smarthost] max_connections) are in use by the running relay; waiting up to {}s",
+                        SLOT_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "all {max} smarthost connection(s) stayed in use by the running relay; try again later"
+                ))
+            }
+            Err(e) => {
+                log::debug!("probe: connection slots unavailable ({e})");
+                return Ok(None);
+            }
+        }
+    }
+}
+
 /// send_test sends the test message with the sender, aliases and From rewriting delivery
 /// would use.
 fn send_test(conn: &mut Connection, cfg: &Config, to: &str, peer: &str) -> u8 {
@@ -130,6 +181,13 @@ fn send_test(conn: &mut Connection, cfg: &Config, to: &str, peer: &str) -> u8 {
             }
             Some(RcptOutcome::Transient(r)) => {
                 println!("probe: FAILED: <{rcpt}> deferred (temporary): {r}");
+                1
+            }
+            Some(RcptOutcome::Throttled(kind, r)) => {
+                println!(
+                    "probe: FAILED: the smarthost throttles this account ({}): {r}",
+                    kind.name()
+                );
                 1
             }
             Some(RcptOutcome::Permanent(r)) => {

@@ -19,8 +19,13 @@ fn open_spool(path: &Path) -> Option<Spool> {
     }
 }
 
-/// list prints one line per queued message, oldest first.
+/// list prints one line per queued message, oldest first. Messages due but held back by
+/// pacing (`[smarthost] rate`, `daily_recipients`) show when their turn comes, from the
+/// pacing state the running relay keeps in the spool.
 pub fn list(path: &Path) -> u8 {
+    let Some(cfg) = load_config(path) else {
+        return 1;
+    };
     let Some(spool) = open_spool(path) else {
         return 1;
     };
@@ -32,13 +37,25 @@ pub fn list(path: &Path) -> u8 {
         }
     };
     let now = message::now();
+    let now_ms = now.saturating_mul(1000);
+    let pacer = crate::delivery::load_pacing(&cfg, spool.dir());
+    let mut turns = pacer.slots(now_ms);
     let mut out = io::stdout().lock();
     for env in &envs {
         let size = spool
             .open_message(&env.id)
             .map(|(_, _, size)| size)
             .unwrap_or(0);
-        let _ = writeln!(out, "{}", list_line(env, size, now));
+        let pending = env.recipients.iter().any(|r| r.state == RcptState::Pending);
+        let paced = if pending && env.next_attempt <= now && !pacer.is_unlimited() {
+            turns
+                .next()
+                .filter(|&t| t > now_ms)
+                .map(|t| t.div_ceil(1000))
+        } else {
+            None
+        };
+        let _ = writeln!(out, "{}", list_line(env, size, now, paced));
     }
     if envs.is_empty() {
         let _ = writeln!(out, "queue is empty");
@@ -48,17 +65,17 @@ pub fn list(path: &Path) -> u8 {
 
 /// list_line formats one message: id, age, size, sender, pending recipients,
 /// attempts, next attempt, last error.
-pub fn list_line(env: &Envelope, size: u64, now: u64) -> String {
+pub fn list_line(env: &Envelope, size: u64, now: u64, paced: Option<u64>) -> String {
     let pending: Vec<&str> = env
         .recipients
         .iter()
         .filter(|r| r.state == RcptState::Pending)
         .map(|r| r.addr.as_str())
         .collect();
-    let next = if env.next_attempt <= now {
-        "now".to_string()
-    } else {
-        format!("in {}", human(env.next_attempt - now))
+    let next = match paced {
+        Some(t) => format!("in {} (rate limit)", human(t.saturating_sub(now).max(1))),
+        None if env.next_attempt <= now => "now".to_string(),
+        None => format!("in {}", human(env.next_attempt - now)),
     };
     format!(
         "{}  age={}  size={}  from=<{}>  to={}  attempts={}  next={}  error={}",

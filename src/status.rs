@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::delivery::{StageError, StatusSnapshot};
+use crate::delivery::{PacingView, StageError, StatusSnapshot};
 use crate::message;
 use crate::oauth::json::write_string;
 use crate::queue_cmd::human;
@@ -64,6 +64,8 @@ pub struct Status {
     pub errors: [Option<StageError>; 5],
     /// The worker pool: busy, waiting, evictions and refusals.
     pub pool: PoolFigures,
+    /// The pacing budget, arrivals and queue growth.
+    pub pacing: PacingView,
 }
 
 /// What can go wrong reading the status.
@@ -99,6 +101,7 @@ impl Status {
     ) -> Status {
         Status {
             pool,
+            pacing: snap.pacing.clone(),
             pid,
             started,
             written: now,
@@ -141,6 +144,21 @@ impl Status {
         out.push_str(&format!(
             "pool: {} {} {} {} {}\n",
             p.workers, p.busy, p.waiting, p.evictions, p.refusals
+        ));
+        let g = &self.pacing;
+        let o = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        out.push_str(&format!(
+            "pacing: {} {} {} {} {} {}\n",
+            g.rate.as_deref().unwrap_or("-"),
+            o(g.budget_left),
+            o(g.refills_at),
+            o(g.next_slot),
+            o(g.recipients_left),
+            g.waiting
+        ));
+        out.push_str(&format!(
+            "arrivals: {} {} {}\n",
+            g.arrivals_minute, g.arrivals_hour, g.growth_per_minute
         ));
         opt(&mut out, "oldest_arrival", self.oldest_arrival);
         opt(&mut out, "last_success", self.last_success);
@@ -194,6 +212,30 @@ impl Status {
                 "last_success" => s.last_success = Some(num(value)?),
                 "paused_until" => s.paused_until = Some(num(value)?),
                 "pause_reason" => s.pause_reason = Some(unescape(value)),
+                "pacing" => {
+                    let w: Vec<&str> = value.split(' ').collect();
+                    let [rate, budget, refills, next, rcpts, waiting] = w[..] else {
+                        return Err(StatusError::Corrupt(format!("pacing: {value:?}")));
+                    };
+                    let o = |v: &str| if v == "-" { Ok(None) } else { num(v).map(Some) };
+                    s.pacing.rate = (rate != "-").then(|| rate.to_string());
+                    s.pacing.budget_left = o(budget)?;
+                    s.pacing.refills_at = o(refills)?;
+                    s.pacing.next_slot = o(next)?;
+                    s.pacing.recipients_left = o(rcpts)?;
+                    s.pacing.waiting = usize::try_from(num(waiting)?).unwrap_or(usize::MAX);
+                }
+                "arrivals" => {
+                    let w: Vec<&str> = value.split(' ').collect();
+                    let [minute, hour, growth] = w[..] else {
+                        return Err(StatusError::Corrupt(format!("arrivals: {value:?}")));
+                    };
+                    s.pacing.arrivals_minute = num(minute)?;
+                    s.pacing.arrivals_hour = num(hour)?;
+                    s.pacing.growth_per_minute = growth
+                        .parse()
+                        .map_err(|_| StatusError::Corrupt(format!("arrivals: {value:?}")))?;
+                }
                 "pool" => {
                     let n: Vec<u64> = value.split(' ').map(num).collect::<Result<_, _>>()?;
                     let [workers, busy, waiting, evictions, refusals] = n[..] else {
@@ -519,6 +561,36 @@ pub fn to_text(s: &Status, now: u64) -> String {
         "pool:           {}/{} workers busy, {} waiting; {} eviction(s), {} refusal(s) since start\n",
         p.busy, p.workers, p.waiting, p.evictions, p.refusals
     ));
+    let g = &s.pacing;
+    out.push_str(&format!(
+        "arrivals:       {} in the last minute, {} in the last hour; queue {} a minute\n",
+        g.arrivals_minute,
+        g.arrivals_hour,
+        match g.growth_per_minute {
+            0 => "steady".to_string(),
+            n if n > 0 => format!("growing by {n}"),
+            n => format!("shrinking by {}", -n),
+        }
+    ));
+    if g.rate.is_some() || g.recipients_left.is_some() {
+        let mut parts = Vec::new();
+        if let Some(r) = &g.rate {
+            parts.push(format!(
+                "rate {r}, {} left{}",
+                g.budget_left.unwrap_or(0),
+                g.refills_at
+                    .map(|t| format!(" (refills in {})", human(t.saturating_sub(now))))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(n) = g.recipients_left {
+            parts.push(format!("{n} recipient(s) left today"));
+        }
+        if g.waiting > 0 {
+            parts.push(format!("{} message(s) waiting for it", g.waiting));
+        }
+        out.push_str(&format!("pacing:         {}\n", parts.join("; ")));
+    }
     out.push_str("last errors:\n");
     for (name, e) in STAGES.iter().zip(&s.errors) {
         match e {
@@ -568,6 +640,23 @@ pub fn to_json(s: &Status, now: u64) -> String {
     p.num("evictions", s.pool.evictions);
     p.num("refusals", s.pool.refusals);
     o.raw("pool", &p.finish());
+    let g = &s.pacing;
+    let mut pj = JsonObject::new();
+    match &g.rate {
+        Some(r) => pj.str("rate", r),
+        None => pj.raw("rate", "null"),
+    }
+    pj.opt_num("budget_left", g.budget_left);
+    pj.opt_num("refills_at", g.refills_at);
+    pj.opt_num("next_slot", g.next_slot);
+    pj.opt_num("daily_recipients_left", g.recipients_left);
+    pj.num("waiting", g.waiting as u64);
+    o.raw("pacing", &pj.finish());
+    let mut a = JsonObject::new();
+    a.num("last_minute", g.arrivals_minute);
+    a.num("last_hour", g.arrivals_hour);
+    o.raw("arrivals", &a.finish());
+    o.raw("queue_growth_per_minute", &g.growth_per_minute.to_string());
     let mut errs = JsonObject::new();
     for (name, e) in STAGES.iter().zip(&s.errors) {
         match e {
@@ -670,6 +759,17 @@ mod tests {
                 waiting: 1,
                 evictions: 7,
                 refusals: 2,
+            },
+            pacing: PacingView {
+                rate: Some("30/1m".into()),
+                budget_left: Some(0),
+                refills_at: Some(1_700_000_130),
+                next_slot: Some(1_700_000_130),
+                recipients_left: None,
+                waiting: 4,
+                arrivals_minute: 12,
+                arrivals_hour: 40,
+                growth_per_minute: -3,
             },
         }
     }

@@ -279,6 +279,23 @@ pub fn restrict_umask(bits: u32) {
     }
 }
 
+/// try_lock takes an exclusive advisory lock on `f` without waiting (flock LOCK_EX |
+/// LOCK_NB): Ok(false) when another open file description holds it. The kernel releases it
+/// when the file is closed, also when the process dies.
+pub fn try_lock(f: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: the descriptor is open for the lifetime of `f`; flock takes no pointers.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// rename_noreplace renames `from` to `to` unless `to` exists, in one step
 /// (renameat2 RENAME_NOREPLACE): AlreadyExists then, and nothing is replaced.
 /// Unsupported (a filesystem or kernel without the flag): Unsupported, and the

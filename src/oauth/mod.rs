@@ -38,6 +38,7 @@ impl BearerSource for Tokens {
                 permanent: !e.is_transient(),
                 message: e.explain(self.settings().grant),
                 kind: e.kind(),
+                throttle: None,
             }),
         }
     }

@@ -19,7 +19,6 @@ pub enum Throttle {
     TooManyRecipients,
 }
 
-#[allow(dead_code)] // used by delivery and status (issue 13)
 impl Throttle {
     /// name is how logs, `status` and `queue list` name the kind.
     pub fn name(self) -> &'static str {
@@ -161,7 +160,6 @@ const TABLE: &[Row] = &[
 /// `[smarthost] throttle_replies` substrings, which make a reply a `Rate` throttle unless the
 /// built-in table says otherwise (a per-recipient `4.2.1` stays per-recipient).
 /// Matching ignores case.
-#[allow(dead_code)] // used by delivery (issue 13)
 pub fn classify(code: u16, text: &str, extra: &[String]) -> Option<Throttle> {
     // A success or an intermediate reply (334 during AUTH) never throttles, whatever it says.
     if code < 400 {

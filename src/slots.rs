@@ -1,0 +1,56 @@
+//! Smarthost connection slots, shared by the running relay and `picorelay probe`: one lock
+//! file per allowed connection in the spool folder. A connection is opened only while its
+//! slot is held, so `[smarthost] max_connections` counts every connection to the smarthost,
+//! whichever process opens it (Microsoft 365 allows 3 per mailbox and answers a fourth with
+//! `432 4.3.2`). flock locks are released by the kernel when a process dies: no stale slot.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// One held slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    _file: File,
+    /// Which slot (0-based), for the log.
+    pub n: usize,
+}
+
+/// try_take takes a free slot of `max` in `dir`, or None when all are held (or the folder
+/// cannot be written: then slots cannot be shared and the caller goes on without one).
+pub fn try_take(dir: &Path, max: usize) -> Result<Option<Slot>, String> {
+    for n in 0..max.max(1) {
+        let path = dir.join(format!(".smarthost-slot.{n}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if crate::sys::try_lock(&file).map_err(|e| format!("{}: {e}", path.display()))? {
+            return Ok(Some(Slot { _file: file, n }));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_exclusive_and_freed_on_drop() {
+        let dir = std::env::temp_dir().join(format!("picorelay-slots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = try_take(&dir, 2).unwrap().unwrap();
+        let b = try_take(&dir, 2).unwrap().unwrap();
+        assert_eq!((a.n, b.n), (0, 1));
+        assert!(try_take(&dir, 2).unwrap().is_none(), "both held");
+        drop(a);
+        assert_eq!(try_take(&dir, 2).unwrap().unwrap().n, 0);
+        assert!(try_take(&dir.join("missing"), 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
