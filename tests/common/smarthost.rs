@@ -2,7 +2,11 @@
 //! implicit TLS (test certificates made with openssl), optional AUTH, a chosen reply for any
 //! command, and a record of every connection, command and accepted transaction. With
 //! `with_oauth` it also takes AUTH XOAUTH2 / OAUTHBEARER (RFC 7628) bearer tokens, checked by a
-//! validator (the scripted IdP's), and refuses them the way Microsoft 365 or Gmail do.
+//! validator (the scripted IdP's), and refuses them the way Microsoft 365 or Gmail do. With
+//! `Limits` it enforces a provider's account limits (connections at once, messages per window,
+//! a daily quota, recipients per transaction) with the providers' own reply texts, and counts
+//! every refusal, so pacing tests can tell a relay that stays under the limits from one that
+//! runs into them.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -91,6 +95,71 @@ pub struct Opts {
     pub auth: bool,
     /// Offer these OAuth SASL mechanisms and check bearer tokens (replaces `auth`'s line).
     pub oauth: Option<OAuthOpts>,
+    /// Provider limits (none by default).
+    pub limits: Limits,
+}
+
+/// Microsoft 365's answer to a connection beyond the account's concurrent connections.
+pub const CONCURRENCY_REPLY: &str = "432 4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information. [Hostname=BY5PR04MB6423.namprd04.prod.outlook.com]";
+/// The answer to a recipient beyond `Limits::max_rcpts` in one transaction.
+pub const TOO_MANY_RCPTS_REPLY: &str = "452 4.5.3 Too many recipients";
+
+/// How a message over the rate or the daily quota is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Throttle {
+    /// Microsoft 365: `554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException`
+    /// (a 5xx that must not bounce).
+    #[default]
+    Microsoft,
+    /// Gmail: `550 5.4.5 Daily user sending limit exceeded`, over three lines.
+    GmailDaily,
+    /// Gmail: `421 4.7.0 Try again later, closing connection.`, then the connection is closed.
+    GmailTryLater,
+}
+
+impl Throttle {
+    /// reply is the wording, in the sink's reply language ('\n' between lines, `&& DROP`).
+    pub fn reply(self) -> &'static str {
+        match self {
+            Throttle::Microsoft => "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message. 0.35250:0A00C184, 1.36674:0A000000, 1.61250:00000000, 1.45378:02000000, 1.44866:A0050000, 16.55847:10000000[EndDiagnosticData] [Hostname=BY5PR04MB6423.namprd04.prod.outlook.com]",
+            Throttle::GmailDaily => "550 5.4.5 Daily user sending limit exceeded. For more information on Gmail\n550 5.4.5 sending limits go to\n550 5.4.5  https://support.google.com/a/answer/166852 x12si1234567pgb.55 - gsmtp",
+            Throttle::GmailTryLater => "421 4.7.0 Try again later, closing connection. (MAIL) x12si1234567pgb.55 - gsmtp && DROP",
+        }
+    }
+}
+
+/// Where the rate and the daily quota are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum At {
+    /// MAIL FROM is refused; a MAIL that passes counts as a message.
+    #[default]
+    Mail,
+    /// The final dot is refused (Microsoft's STOREDRV error comes there); an accepted message
+    /// counts.
+    Dot,
+}
+
+/// A provider's account limits. A connection beyond `max_concurrent` is refused with
+/// `CONCURRENCY_REPLY` as its greeting: Microsoft 365 sends it in answer to AUTH, but the sink
+/// asks for no login in these tests, and the greeting is the same moment in the client's life
+/// (the connection is up, no transaction has begun), so the client meets it where it opens
+/// connections, not where it sends messages.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Connections open at once (a connection counts from accept until its QUIT or hang-up).
+    pub max_concurrent: Option<usize>,
+    /// At most N messages in any sliding window of this length.
+    pub rate: Option<(usize, Duration)>,
+    /// At most N messages in the sink's life (its "day"), until `Sink::set_daily` lifts it.
+    pub daily: Option<usize>,
+    /// The wording of rate and quota refusals.
+    pub throttle: Throttle,
+    /// Where rate and quota are enforced.
+    pub at: At,
+    /// Recipients accepted per transaction; later ones get `TOO_MANY_RCPTS_REPLY`.
+    pub max_rcpts: Option<usize>,
+    /// How long the final dot waits for its reply (a busy provider), so a backlog needs time.
+    pub latency: Option<Duration>,
 }
 
 /// How a refused bearer token is answered.
@@ -167,6 +236,37 @@ impl Opts {
     pub fn gmail(validator: Validator) -> Opts {
         Opts::starttls().with_oauth(GMAIL_MECHS, Refusal::Gmail, validator)
     }
+    /// max_concurrent refuses connections beyond `n` open at once with `CONCURRENCY_REPLY`.
+    pub fn max_concurrent(mut self, n: usize) -> Opts {
+        self.limits.max_concurrent = Some(n);
+        self
+    }
+    /// rate refuses messages beyond `n` in any sliding `window`.
+    pub fn rate(mut self, n: usize, window: Duration) -> Opts {
+        self.limits.rate = Some((n, window));
+        self
+    }
+    /// daily refuses messages beyond `n` until the test lifts the quota (`Sink::set_daily`).
+    pub fn daily(mut self, n: usize) -> Opts {
+        self.limits.daily = Some(n);
+        self
+    }
+    /// throttle_with words rate and quota refusals as `how`, given at `at`.
+    pub fn throttle_with(mut self, how: Throttle, at: At) -> Opts {
+        self.limits.throttle = how;
+        self.limits.at = at;
+        self
+    }
+    /// max_rcpts answers recipients beyond `n` in one transaction with `452 4.5.3`.
+    pub fn max_rcpts(mut self, n: usize) -> Opts {
+        self.limits.max_rcpts = Some(n);
+        self
+    }
+    /// latency delays the reply to every final dot by `d`.
+    pub fn latency(mut self, d: Duration) -> Opts {
+        self.limits.latency = Some(d);
+        self
+    }
 }
 
 /// One AUTH command and how it ended.
@@ -206,6 +306,8 @@ pub struct Txn {
     pub tls: bool,
     /// The AUTH user and password of the connection, when it logged in.
     pub auth: Option<(String, String)>,
+    /// When the sink accepted the message (just before its final 250 went out).
+    pub at: Instant,
 }
 
 /// A reply override: the first rule whose prefix starts the command line (case-insensitive)
@@ -236,6 +338,72 @@ struct State {
     /// A handle on each connection's socket (to hang up on it) and whether it has ended.
     sockets: Vec<Option<TcpStream>>,
     closed: Vec<bool>,
+    /// Connections that said QUIT: over from the provider's point of view.
+    quit: Vec<bool>,
+    /// Connections refused as beyond `limits.max_concurrent`.
+    over_limit: Vec<bool>,
+    limits: Limits,
+    /// When each message that counts against the rate and the quota was let through.
+    admitted: Vec<Instant>,
+    /// Messages let through while a daily quota was set.
+    daily_used: usize,
+    /// Most connections open at once.
+    max_concurrent: usize,
+    /// Refusals sent: over the rate, over the daily quota, over the concurrent connections.
+    throttled: usize,
+    quota_refusals: usize,
+    concurrency_refusals: usize,
+}
+
+impl State {
+    /// live counts connections still open from the client's side: not ended, no QUIT, and the
+    /// peer has not hung up (a client may close and reconnect before the session thread reads
+    /// the end of the old connection).
+    fn live(&self) -> usize {
+        (0..self.sockets.len())
+            .filter(|&i| !self.closed[i] && !self.quit[i])
+            .filter(|&i| self.sockets[i].as_ref().is_some_and(|s| !peer_gone(s)))
+            .count()
+    }
+
+    /// admit decides whether one more message may pass now: None (and it is counted), or the
+    /// refusal to send (and the refusal is counted).
+    fn admit(&mut self) -> Option<String> {
+        let now = Instant::now();
+        if self.limits.daily.is_some_and(|n| self.daily_used >= n) {
+            self.quota_refusals += 1;
+            return Some(self.limits.throttle.reply().to_string());
+        }
+        if let Some((n, window)) = self.limits.rate {
+            let recent = self
+                .admitted
+                .iter()
+                .filter(|t| now.duration_since(**t) < window)
+                .count();
+            if recent >= n {
+                self.throttled += 1;
+                return Some(self.limits.throttle.reply().to_string());
+            }
+        }
+        self.admitted.push(now);
+        if self.limits.daily.is_some() {
+            self.daily_used += 1;
+        }
+        None
+    }
+}
+
+/// peer_gone tells whether the client has closed its side (a FIN is in), data pending or not.
+fn peer_gone(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1, no wait; the fd stays open while `s` is borrowed.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The running sink.
@@ -248,7 +416,10 @@ impl Sink {
     pub fn start(opts: Opts) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            limits: opts.limits.clone(),
+            ..State::default()
+        }));
         let st = Arc::clone(&state);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -259,6 +430,12 @@ impl Sink {
                     s.auth_attempts.push(0);
                     s.sockets.push(stream.try_clone().ok());
                     s.closed.push(false);
+                    s.quit.push(false);
+                    let live = s.live();
+                    s.max_concurrent = s.max_concurrent.max(live);
+                    let over = s.limits.max_concurrent.is_some_and(|m| live > m);
+                    s.over_limit.push(over);
+                    s.concurrency_refusals += usize::from(over);
                     s.accepted.len()
                 };
                 let (st, opts) = (Arc::clone(&st), opts.clone());
@@ -299,6 +476,42 @@ impl Sink {
 
     pub fn clear_rules(&self) {
         self.state.lock().unwrap().rules.clear();
+    }
+
+    /// set_daily sets (Some) or lifts (None) the daily quota; messages already let through
+    /// count against a new quota.
+    pub fn set_daily(&self, n: Option<usize>) {
+        self.state.lock().unwrap().limits.daily = n;
+    }
+
+    /// set_rate sets (Some) or lifts (None) the rate limit.
+    pub fn set_rate(&self, rate: Option<(usize, Duration)>) {
+        self.state.lock().unwrap().limits.rate = rate;
+    }
+
+    /// Most connections that were open at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_concurrent
+    }
+
+    /// Refusals sent because a message was over the rate.
+    pub fn throttled(&self) -> usize {
+        self.state.lock().unwrap().throttled
+    }
+
+    /// Refusals sent because the daily quota was used up.
+    pub fn quota_refusals(&self) -> usize {
+        self.state.lock().unwrap().quota_refusals
+    }
+
+    /// Connections refused with `CONCURRENCY_REPLY`.
+    pub fn concurrency_refusals(&self) -> usize {
+        self.state.lock().unwrap().concurrency_refusals
+    }
+
+    /// When each accepted message was accepted, in the order of `txns()`.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.txns().iter().map(|t| t.at).collect()
     }
 
     pub fn txns(&self) -> Vec<Txn> {
@@ -546,8 +759,33 @@ impl Session {
         }
     }
 
+    /// limit_reply is the refusal the limits give a message at `at` (None: it may pass).
+    fn limit_reply(&self, at: At) -> Option<String> {
+        let mut st = self.st.lock().unwrap();
+        if st.limits.at != at || (st.limits.rate.is_none() && st.limits.daily.is_none()) {
+            return None;
+        }
+        st.admit()
+    }
+
+    /// answer_limited answers `line` with a rule, else the limits' refusal at `at`, else
+    /// `default`; returns the reply sent (None when the connection ended).
+    fn answer_limited(&mut self, line: &str, at: At, default: &str) -> Option<String> {
+        let reply = match self.rule(line) {
+            Some(r) => r,
+            None => self.limit_reply(at).unwrap_or_else(|| default.to_string()),
+        };
+        self.send(&reply).then_some(reply)
+    }
+
     fn serve(&mut self) -> io::Result<()> {
-        let Some(greeting) = self.answer("GREETING", "220 sink.test ESMTP scripted") else {
+        let over = self.st.lock().unwrap().over_limit[self.n - 1];
+        let banner = if over {
+            CONCURRENCY_REPLY
+        } else {
+            "220 sink.test ESMTP scripted"
+        };
+        let Some(greeting) = self.answer("GREETING", banner) else {
             return Ok(());
         };
         if !greeting.starts_with("220") {
@@ -644,7 +882,8 @@ impl Session {
                     }
                 }
                 "MAIL" => {
-                    let Some(r) = self.answer(&line, "250 2.1.0 sender ok") else {
+                    let Some(r) = self.answer_limited(&line, At::Mail, "250 2.1.0 sender ok")
+                    else {
                         break;
                     };
                     if r.starts_with('2') {
@@ -657,15 +896,17 @@ impl Session {
                             data: String::new(),
                             tls: self.tls(),
                             auth: self.auth.clone(),
+                            at: Instant::now(),
                         });
                     }
                     true
                 }
                 "RCPT" => {
-                    let default = if txn.is_some() {
-                        "250 2.1.5 recipient ok"
-                    } else {
-                        "503 5.5.1 MAIL first"
+                    let max = self.st.lock().unwrap().limits.max_rcpts;
+                    let default = match &txn {
+                        Some(t) if max.is_some_and(|m| t.rcpts.len() >= m) => TOO_MANY_RCPTS_REPLY,
+                        Some(_) => "250 2.1.5 recipient ok",
+                        None => "503 5.5.1 MAIL first",
                     };
                     let Some(r) = self.answer(&line, default) else {
                         break;
@@ -707,13 +948,19 @@ impl Session {
                         data.push_str(l.strip_prefix('.').unwrap_or(&l));
                         data.push_str("\r\n");
                     }
+                    let latency = self.st.lock().unwrap().limits.latency;
+                    if let Some(d) = latency {
+                        std::thread::sleep(d);
+                    }
                     let n = self.st.lock().unwrap().txns.len() + 1;
-                    let Some(r) = self.answer("DOT", &format!("250 2.0.0 Ok: queued as S{n}"))
-                    else {
+                    let at = Instant::now();
+                    let ok = format!("250 2.0.0 Ok: queued as S{n}");
+                    let Some(r) = self.answer_limited("DOT", At::Dot, &ok) else {
                         break;
                     };
                     if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
                         t.data = data;
+                        t.at = at;
                         self.st.lock().unwrap().txns.push(t);
                     }
                     txn = None;
@@ -725,6 +972,8 @@ impl Session {
                 }
                 "NOOP" => self.answer(&line, "250 2.0.0 ok").is_some(),
                 "QUIT" => {
+                    // Over before the 221 goes out: the client may connect again at once.
+                    self.st.lock().unwrap().quit[self.n - 1] = true;
                     self.answer(&line, "221 2.0.0 bye");
                     break;
                 }
