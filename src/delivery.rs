@@ -277,15 +277,16 @@ fn pacing_view(w: &Work, now: u64) -> PacingView {
 /// pause_delay is how long delivery pauses after an attempt failed this way: a throttle by
 /// its kind (minutes for a rate or connection limit; an hourly probe for a daily quota), any
 /// other failure by the retry schedule.
-/// The retry schedule bounds both (`retry_min` 1m and `retry_max` 1h by default give 1 min
-/// doubling to 15 min, and an hourly probe).
+/// A rate or connection limit stays within the retry schedule too (with the defaults, 1 min
+/// doubling to 15 min); a daily quota is probed once an hour whatever the schedule, since
+/// every probe counts against the quota.
 fn pause_delay(throttle: Option<Throttle>, level: u32, cfg: &Config) -> Duration {
     let (min, max) = (cfg.queue.retry_min, cfg.queue.retry_max);
     match throttle {
         Some(Throttle::Rate | Throttle::Concurrency | Throttle::TooManyRecipients) => {
             backoff(level, min.min(THROTTLE_MIN), max.min(THROTTLE_MAX), jitter())
         }
-        Some(Throttle::DailyQuota) => QUOTA_PROBE.min(max),
+        Some(Throttle::DailyQuota) => QUOTA_PROBE,
         None => backoff(level, min, max, jitter()),
     }
 }
