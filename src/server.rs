@@ -566,9 +566,12 @@ impl Server {
             .map(|(id, s)| (*id, Arc::clone(s)))
             .collect();
         let ending = slots.iter().filter(|(_, s)| s.ended().is_some()).count();
+        let mut need = waiting.saturating_sub(free + ending);
+        if need == 0 && !pressure::under_pressure(slots.len(), self.pool.capacity) {
+            return; // the common case, on every accepted connection: nothing to do
+        }
         let mut views: Vec<View> = slots.iter().map(|(id, s)| s.view(*id, now)).collect();
         let slot = |id: u64| slots.iter().find(|(i, _)| *i == id).map(|(_, s)| s);
-        let mut need = waiting.saturating_sub(free + ending);
         while need > 0 {
             let Some(id) = pressure::victim(&views) else {
                 break;
