@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use picorelay_fuzz::oauth::json::{parse, Value, MAX_DEPTH};
+use picorelay_fuzz::oauth::json::{parse, write_string, Value, MAX_DEPTH};
 
 /// depth counts the nested arrays and objects (a scalar is 0).
 fn depth(v: &Value) -> usize {
@@ -55,7 +55,7 @@ fn write(v: &Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => write_str(s, out),
+        Value::String(s) => write_string(s, out),
         Value::Array(a) => {
             out.push('[');
             for (i, x) in a.iter().enumerate() {
@@ -72,7 +72,7 @@ fn write(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_str(k, out);
+                write_string(k, out);
                 out.push(':');
                 write(x, out);
             }
@@ -81,18 +81,6 @@ fn write(v: &Value, out: &mut String) {
     }
 }
 
-fn write_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {
