@@ -144,13 +144,13 @@ deb:
 	VERSION='$(VERSION)' OUT='$(PKG_OUT)' MAINTAINER='$(MAINTAINER)' \
 		sh packaging/debian/build-deb.sh
 
-# make ipk ARCH=aarch64_cortex-a53|arm_cortex-a7_neon-vfpv4|… [BIN=…]: an
-# OpenWrt package (opkg's format: a gzipped tar of debian-binary,
+# make ipk ARCH=aarch64_cortex-a53|arm_cortex-a7_neon-vfpv4|x86_64|… [BIN=…]
+# (default aarch64_cortex-a53): an OpenWrt package (opkg's format: a gzipped tar of debian-binary,
 # control.tar.gz, data.tar.gz).
 IPK_ARCH_DEFAULT := aarch64_cortex-a53
+IPK_ARCH = $(if $(filter amd64,$(ARCH)),$(IPK_ARCH_DEFAULT),$(ARCH))
 ipk:
-	ARCH='$(if $(filter amd64,$(ARCH)),$(IPK_ARCH_DEFAULT),$(ARCH))' \
-	BIN='$(or $(filter-out $(RELEASE_BIN),$(BIN)),$(call bin_for,$(if $(filter amd64,$(ARCH)),$(IPK_ARCH_DEFAULT),$(ARCH))))' \
+	ARCH='$(IPK_ARCH)' BIN='$(or $(filter-out $(RELEASE_BIN),$(BIN)),$(call bin_for,$(IPK_ARCH)))' \
 	VERSION='$(VERSION)' OUT='$(PKG_OUT)' MAINTAINER='$(MAINTAINER)' \
 		sh packaging/openwrt/build-ipk.sh
 
@@ -166,7 +166,11 @@ dist:
 test-packages:
 	@test -f '$(call bin_for,amd64)' || $(MAKE) static
 	$(MAKE) deb ARCH=amd64
-	$(MAKE) ipk ARCH=aarch64_cortex-a53 BIN='$(call bin_for,amd64)' IPK_ALLOW_FOREIGN=1
+	$(if $(wildcard $(call bin_for,arm64)),$(MAKE) deb ARCH=arm64)
+	$(if $(wildcard $(call bin_for,armhf)),$(MAKE) deb ARCH=armhf)
+	$(MAKE) ipk ARCH=x86_64
+	$(if $(wildcard $(call bin_for,arm64)),$(MAKE) ipk ARCH=aarch64_cortex-a53)
+	$(if $(wildcard $(call bin_for,armhf)),$(MAKE) ipk ARCH=arm_cortex-a7_neon-vfpv4)
 	sh tests/packages/run.sh
 
 clean:
