@@ -89,4 +89,11 @@ for ipk in "$@"; do
 		[ \"\$(stat -c '%a' '$FR/etc/picorelay/spool')\" = 2770 ]"
 	rm -rf "$W"
 done
+t "packaging/openwrt/Makefile: Package/picorelay/postinst is postinst-pkg (\$ doubled)" sh -c "
+	sed -n '/^define Package\/picorelay\/postinst$/,/^endef$/p' packaging/openwrt/Makefile | sed '1d;\$d' | sed 's/[$][$]/$/g' |
+		diff - packaging/openwrt/postinst-pkg"
+t "packaging/openwrt/Makefile: the same Alternatives and Require-User as make ipk" sh -c "
+	grep -q 'USERID:=picorelay=465:picorelay=465' packaging/openwrt/Makefile &&
+	for a in 300:/usr/sbin/sendmail 300:/usr/lib/sendmail 300:/usr/bin/mailq 10:/usr/bin/mail; do
+		grep -q \"\$a:/usr/sbin/picorelay\" packaging/openwrt/Makefile && grep -q \"\$a:/usr/sbin/picorelay\" packaging/openwrt/build-ipk.sh || exit 1; done"
 summary
