@@ -17,7 +17,8 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SBINDIR   := $(PREFIX)/sbin
 BINDIR    := $(PREFIX)/bin
 
-.PHONY: all build release static run test size bench install install-sendmail uninstall clean fuzz
+.PHONY: all build release static run test size bench install install-sendmail uninstall clean fuzz \
+	deb ipk dist test-packages
 
 all: build
 
@@ -119,6 +120,58 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/picorelay \
 		$(DESTDIR)$(UNITDIR)/picorelay.service $(DESTDIR)$(SYSUSERSDIR)/picorelay.conf \
 		$(DESTDIR)$(TMPFILESDIR)/picorelay.conf
+
+# --- Packages (packaging/, docs/install.md) --------------------------------
+# Built from a static binary: `make static` here (x86_64 musl), `make cross
+# TARGET=…` for the others, or BIN=path for one built elsewhere. The binary's
+# ELF machine must match ARCH. Output in target/packages/.
+VERSION   ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+PKG_OUT   ?= target/packages
+MAINTAINER ?= $(shell n=$$(git config user.name); e=$$(git config user.email); [ -n "$$n" ] && [ -n "$$e" ] && echo "$$n <$$e>" || echo 'picorelay maintainers <maintainers@picorelay.invalid>')
+ARCH      ?= amd64
+# The static binary for a Debian or OpenWrt architecture name.
+static_bin = $(firstword $(wildcard $(foreach t,$(1),target/$(t)/release/picorelay)) target/$(firstword $(1))/release/picorelay)
+bin_for = $(strip \
+	$(if $(filter amd64 x86_64,$(1)),$(call static_bin,x86_64-unknown-linux-musl x86_64-unknown-linux-gnu),\
+	$(if $(filter arm64 aarch64%,$(1)),$(call static_bin,aarch64-unknown-linux-musl aarch64-unknown-linux-gnu),\
+	$(if $(filter armhf arm_%,$(1)),$(call static_bin,armv7-unknown-linux-musleabihf armv7-unknown-linux-gnueabihf),\
+	$(if $(filter riscv64%,$(1)),$(call static_bin,riscv64gc-unknown-linux-musl riscv64gc-unknown-linux-gnu),\
+	unknown-arch-$(1))))))
+
+# make deb ARCH=amd64|arm64|armhf [BIN=…]: picorelay_VERSION_ARCH.deb (dpkg-deb).
+deb:
+	ARCH='$(ARCH)' BIN='$(or $(filter-out $(RELEASE_BIN),$(BIN)),$(call bin_for,$(ARCH)))' \
+	VERSION='$(VERSION)' OUT='$(PKG_OUT)' MAINTAINER='$(MAINTAINER)' \
+		sh packaging/debian/build-deb.sh
+
+# make ipk ARCH=aarch64_cortex-a53|arm_cortex-a7_neon-vfpv4|x86_64|… [BIN=…]
+# (default aarch64_cortex-a53): an OpenWrt package (opkg's format: a gzipped tar of debian-binary,
+# control.tar.gz, data.tar.gz).
+IPK_ARCH_DEFAULT := aarch64_cortex-a53
+IPK_ARCH = $(if $(filter amd64,$(ARCH)),$(IPK_ARCH_DEFAULT),$(ARCH))
+ipk:
+	ARCH='$(IPK_ARCH)' BIN='$(or $(filter-out $(RELEASE_BIN),$(BIN)),$(call bin_for,$(IPK_ARCH)))' \
+	VERSION='$(VERSION)' OUT='$(PKG_OUT)' MAINTAINER='$(MAINTAINER)' \
+		sh packaging/openwrt/build-ipk.sh
+
+# make dist: picorelay-VERSION-TARGET.tar.gz for every static binary under
+# target/*/release/ (make static, make cross), and SHA256SUMS, in target/dist/.
+dist:
+	VERSION='$(VERSION)' OUT=target/dist sh packaging/dist.sh
+
+# Black-box package tests: the .deb installed, used, removed and purged in a
+# debootstrapped Debian 12 (alone, then replacing nullmailer and exim4), and
+# the .ipk's structure. Needs root, debootstrap, lintian and the mirror
+# (DEBIAN_MIRROR); the debootstrap tarball is cached in target/debootstrap-cache/.
+test-packages:
+	@test -f '$(call bin_for,amd64)' || $(MAKE) static
+	$(MAKE) deb ARCH=amd64
+	$(if $(wildcard $(call bin_for,arm64)),$(MAKE) deb ARCH=arm64)
+	$(if $(wildcard $(call bin_for,armhf)),$(MAKE) deb ARCH=armhf)
+	$(MAKE) ipk ARCH=x86_64
+	$(if $(wildcard $(call bin_for,arm64)),$(MAKE) ipk ARCH=aarch64_cortex-a53)
+	$(if $(wildcard $(call bin_for,armhf)),$(MAKE) ipk ARCH=arm_cortex-a7_neon-vfpv4)
+	sh tests/packages/run.sh
 
 clean:
 	$(CARGO) clean
