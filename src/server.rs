@@ -558,13 +558,16 @@ impl Server {
     /// beyond the idle workers and the sessions already ending (see `pressure::victim`),
     /// and, while the pool is nearly full, those idle longer than STRESS_IDLE.
     fn relieve(&self) {
-        let waiting = lock(&self.pool.queue).len();
+        // Queue, then active, as the workers take them: one consistent view (see `worker`).
+        let q = lock(&self.pool.queue);
+        let waiting = q.len();
         let free = self.pool.idle.load(Ordering::SeqCst);
         let now = self.shared.now_ms();
         let slots: Vec<(u64, Arc<Slot>)> = lock(&self.shared.active)
             .iter()
             .map(|(id, s)| (*id, Arc::clone(s)))
             .collect();
+        drop(q);
         let ending = slots.iter().filter(|(_, s)| s.ended().is_some()).count();
         let mut need = waiting.saturating_sub(free + ending);
         if need == 0 && !pressure::under_pressure(slots.len(), self.pool.capacity) {
@@ -731,9 +734,17 @@ fn refuse(mut tcp: TcpStream, r: &Reply, peer: SocketAddr, why: &str) {
 }
 
 fn worker(shared: Arc<Shared>, pool: Arc<Pool>) {
+    // The session this worker just served: its slot leaves `active` under the queue lock,
+    // in the same breath as the worker takes the next connection, so `relieve` (which
+    // looks at both under that lock) never sees the worker as neither ending nor free and
+    // evicts a second session for one waiting client.
+    let mut finished: Option<u64> = None;
     loop {
         let next = {
             let mut q = lock(&pool.queue);
+            if let Some(id) = finished.take() {
+                lock(&shared.active).remove(&id);
+            }
             loop {
                 if let Some(p) = q.pop_front() {
                     break Some(p);
@@ -748,7 +759,7 @@ fn worker(shared: Arc<Shared>, pool: Arc<Pool>) {
         };
         let Some(p) = next else { return };
         let ip = canonical_ip(p.peer.ip());
-        serve(&shared, p);
+        finished = serve(&shared, p);
         release_ip(&shared, ip);
     }
 }
@@ -911,7 +922,8 @@ struct Peer {
     ip: IpAddr,
 }
 
-fn serve(shared: &Arc<Shared>, p: Pending) {
+/// serve runs one session; returns its id in `active`, for the worker to remove.
+fn serve(shared: &Arc<Shared>, p: Pending) -> Option<u64> {
     let cfg = shared.config();
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let ip = canonical_ip(p.peer.ip());
@@ -940,7 +952,7 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
             p.peer,
             "out of file descriptors",
         );
-        return;
+        return None;
     };
     let slot = Arc::new(Slot {
         ip,
@@ -965,13 +977,13 @@ fn serve(shared: &Arc<Shared>, p: Pending) {
     if let Some(s) = conn.stream.take() {
         let _ = s.tcp().shutdown(Shutdown::Both);
     }
-    lock(&shared.active).remove(&id);
     log::info!(
         "{}: closed after {:.1}s, {} message(s) accepted",
         peer.tag,
         started.elapsed().as_secs_f64(),
         accepted
     );
+    Some(id)
 }
 
 /// start_tls runs the server handshake on the connection, within min(command_timeout,
