@@ -283,9 +283,12 @@ fn pacing_view(w: &Work, now: u64) -> PacingView {
 fn pause_delay(throttle: Option<Throttle>, level: u32, cfg: &Config) -> Duration {
     let (min, max) = (cfg.queue.retry_min, cfg.queue.retry_max);
     match throttle {
-        Some(Throttle::Rate | Throttle::Concurrency | Throttle::TooManyRecipients) => {
-            backoff(level, min.min(THROTTLE_MIN), max.min(THROTTLE_MAX), jitter())
-        }
+        Some(Throttle::Rate | Throttle::Concurrency | Throttle::TooManyRecipients) => backoff(
+            level,
+            min.min(THROTTLE_MIN),
+            max.min(THROTTLE_MAX),
+            jitter(),
+        ),
         Some(Throttle::DailyQuota) => QUOTA_PROBE,
         None => backoff(level, min, max, jitter()),
     }
