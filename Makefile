@@ -112,6 +112,7 @@ cross-deps: cross-check-target
 
 cross: cross-check-target
 	@command -v $(CROSS_CC) >/dev/null || { echo "$(CROSS_CC) is missing: make cross-deps TARGET=$(TARGET)" >&2; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -qx '$(TARGET)' || rustup target add $(TARGET)
 	$(CROSS_ENV) $(CARGO) build --release --locked --target $(TARGET)
 	@file -b $(CROSS_BIN) | grep -Eq 'statically linked|static-pie linked' || { echo "$(CROSS_BIN) is not statically linked: $$(file -b $(CROSS_BIN))" >&2; exit 1; }
 	@ls -l $(CROSS_BIN) | awk '{ printf "$(CROSS_BIN): static, stripped: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
