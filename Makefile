@@ -17,8 +17,8 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SBINDIR   := $(PREFIX)/sbin
 BINDIR    := $(PREFIX)/bin
 
-.PHONY: all build release static run test size bench install install-sendmail uninstall clean fuzz \
-	deb ipk dist test-packages
+.PHONY: all build release static cross cross-deps cross-check-target test-cross run test size bench \
+	install install-sendmail uninstall clean fuzz deb ipk dist test-packages
 
 all: build
 
@@ -37,19 +37,100 @@ run: build
 test:
 	$(CARGO) test --locked -- --test-threads=4
 
-# A static binary (musl libc linked in): one file with no library to match on
-# the target, the build for OpenWrt, Alpine and other small systems. Its idle
-# resident memory is about half the glibc build's (no shared libc and loader
-# pages mapped in); its accept rate is a little lower (musl's allocator).
-# Needs the Rust target (added with rustup when missing) and musl-gcc, which
-# ring's C and assembly parts are built with (Debian: musl-tools).
-STATIC_TARGET ?= $(shell uname -m)-unknown-linux-musl
-STATIC_BIN := target/$(STATIC_TARGET)/release/picorelay
+# Static builds, one per CPU: one file with no library to match on the box,
+# glibc or musl, for routers, NAS boxes and small boards. `make cross-deps
+# TARGET=...` (Debian, root) installs what a target needs; `make cross
+# TARGET=...` builds target/TARGET/release/picorelay and checks it is static;
+# `make test-cross TARGET=...` runs the black-box suites against it under qemu.
+#
+#   aarch64-unknown-linux-musl     Raspberry Pi 3/4/5 (64-bit OS), ARM NAS, Wi-Fi 6 routers
+#   armv7-unknown-linux-gnueabihf  32-bit ARM boards: glibc linked statically
+#                                  (rustup has no armv7 musl standard library)
+#   x86_64-unknown-linux-musl      x86 NAS and PCs (what `make static` builds here)
+#   riscv64gc-unknown-linux-gnu    RISC-V boards: glibc linked statically
+#
+# ring's C and assembly parts are compiled with Debian's cross gcc, which also
+# links. For the musl targets that is the gnu cross gcc: Rust's musl targets
+# bring their own libc.a and crt objects, gcc only drives the link. A static
+# glibc cannot load NSS modules, which is why users come from /etc/passwd
+# (src/passwd.rs). The musl builds idle at about half the glibc build's resident
+# memory (no shared libc and loader pages); musl's allocator costs a little
+# accept rate.
+TARGET ?= $(shell uname -m)-unknown-linux-musl
+HOST_CPU := $(shell uname -m)
+
+# Per target: Debian packages, the C compiler (and linker), rustc flags, and the
+# qemu-user name of its CPU (empty when this machine runs it natively).
+CROSS_PKGS_aarch64-unknown-linux-musl := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+CROSS_CC_aarch64-unknown-linux-musl := aarch64-linux-gnu-gcc
+CROSS_QEMU_aarch64-unknown-linux-musl := aarch64
+
+CROSS_PKGS_x86_64-unknown-linux-musl := musl-tools
+CROSS_CC_x86_64-unknown-linux-musl := musl-gcc
+CROSS_LINKER_x86_64-unknown-linux-musl := cc
+CROSS_AR_x86_64-unknown-linux-musl := ar
+CROSS_QEMU_x86_64-unknown-linux-musl := x86_64
+
+CROSS_PKGS_armv7-unknown-linux-gnueabihf := gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+CROSS_CC_armv7-unknown-linux-gnueabihf := arm-linux-gnueabihf-gcc
+CROSS_RUSTFLAGS_armv7-unknown-linux-gnueabihf := -C target-feature=+crt-static
+CROSS_QEMU_armv7-unknown-linux-gnueabihf := arm
+
+CROSS_PKGS_riscv64gc-unknown-linux-gnu := gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+CROSS_CC_riscv64gc-unknown-linux-gnu := riscv64-linux-gnu-gcc
+CROSS_RUSTFLAGS_riscv64gc-unknown-linux-gnu := -C target-feature=+crt-static
+CROSS_QEMU_riscv64gc-unknown-linux-gnu := riscv64
+
+CROSS_TARGETS := aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf \
+	x86_64-unknown-linux-musl riscv64gc-unknown-linux-gnu
+CROSS_CC := $(CROSS_CC_$(TARGET))
+CROSS_LINKER := $(or $(CROSS_LINKER_$(TARGET)),$(CROSS_CC))
+CROSS_AR := $(or $(CROSS_AR_$(TARGET)),$(patsubst %-gcc,%-ar,$(CROSS_CC)))
+CROSS_QEMU := $(filter-out $(HOST_CPU),$(CROSS_QEMU_$(TARGET)))
+CROSS_BIN := target/$(TARGET)/release/picorelay
+T_LOWER := $(subst -,_,$(TARGET))
+T_UPPER := $(shell echo '$(T_LOWER)' | tr a-z A-Z)
+# Target-scoped, so build scripts (built for this machine) keep their flags. A
+# RUSTFLAGS in the environment would replace CROSS_RUSTFLAGS: leave it unset.
+CROSS_ENV := CC_$(T_LOWER)=$(CROSS_CC) AR_$(T_LOWER)=$(CROSS_AR) \
+	CARGO_TARGET_$(T_UPPER)_LINKER=$(CROSS_LINKER) \
+	CARGO_TARGET_$(T_UPPER)_RUSTFLAGS='$(CROSS_RUSTFLAGS_$(TARGET))'
+
+cross-check-target:
+	@test -n '$(CROSS_CC)' || { echo "TARGET=$(TARGET) is not one we build; one of: $(CROSS_TARGETS)" >&2; exit 1; }
+
+# Idempotent: installs only what is missing, registers qemu only when the
+# kernel does not know it yet (tools/binfmt-qemu.sh).
+cross-deps: cross-check-target
+	@rustup target list --installed 2>/dev/null | grep -qx '$(TARGET)' || rustup target add $(TARGET)
+	@pkgs='$(CROSS_PKGS_$(TARGET)) file $(if $(CROSS_QEMU),qemu-user-static binfmt-support)'; \
+	missing=$$(for p in $$pkgs; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(if $(CROSS_QEMU),@sh tools/binfmt-qemu.sh $(CROSS_QEMU))
+
+cross: cross-check-target
+	@command -v $(CROSS_CC) >/dev/null || { echo "$(CROSS_CC) is missing: make cross-deps TARGET=$(TARGET)" >&2; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -qx '$(TARGET)' || rustup target add $(TARGET)
+	$(CROSS_ENV) $(CARGO) build --release --locked --target $(TARGET)
+	@file -b $(CROSS_BIN) | grep -Eq 'statically linked|static-pie linked' || { echo "$(CROSS_BIN) is not statically linked: $$(file -b $(CROSS_BIN))" >&2; exit 1; }
+	@ls -l $(CROSS_BIN) | awk '{ printf "$(CROSS_BIN): static, stripped: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
+
+# The static build of this machine's CPU (bench measures its footprint).
 static:
-	@command -v musl-gcc >/dev/null || { echo "make static needs musl-gcc: apt-get install musl-tools (Debian/Ubuntu), apk add musl-dev (Alpine)" >&2; exit 1; }
-	@rustup target list --installed 2>/dev/null | grep -qx '$(STATIC_TARGET)' || rustup target add $(STATIC_TARGET)
-	CC_$(subst -,_,$(STATIC_TARGET))=musl-gcc $(CARGO) build --release --locked --target $(STATIC_TARGET)
-	@ls -l $(STATIC_BIN) | awk '{ printf "static release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
+	$(MAKE) cross TARGET=$(HOST_CPU)-unknown-linux-musl
+
+# The black-box suites in tests/ against the TARGET build: the harness (cargo's
+# native test binaries) spawns PICORELAY_TEST_BIN, which the kernel hands to
+# qemu-user through binfmt_misc. Every test holds under qemu, none is skipped:
+# the privilege test reads the main thread's ids (qemu's own RCU thread keeps
+# uid 0, the relay's threads all drop), and the RSS ceilings (64 MiB) hold with
+# the emulator counted (about 16 MiB). Unit tests are the native `make test`'s.
+test-cross: cross
+	@./$(CROSS_BIN) --version >/dev/null 2>&1 || { echo "cannot run $(CROSS_BIN) here: make cross-deps TARGET=$(TARGET) registers qemu-$(CROSS_QEMU) with binfmt_misc" >&2; exit 1; }
+	PICORELAY_TEST_BIN=$(CURDIR)/$(CROSS_BIN) $(CARGO) test --locked --test '*' -- --test-threads=4
 
 size: release
 	@ls -l $(RELEASE_BIN) | awk '{ printf "stripped release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'

@@ -10,6 +10,7 @@ mod logging;
 mod message;
 mod oauth;
 mod pacing;
+mod passwd;
 mod pressure;
 mod privilege;
 mod probe;

@@ -4,8 +4,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
+
+use crate::passwd;
 
 /// Signals the relay reacts to, as seen by the main loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,36 +177,31 @@ pub struct Account {
     pub gid: u32,
 }
 
-/// lookup_user finds `name` in the user database (getpwnam_r).
+/// lookup_user finds `name` in /etc/passwd, read directly (passwd.rs says why
+/// not through NSS).
 pub fn lookup_user(name: &str) -> Result<Account, String> {
-    let cname = std::ffi::CString::new(name).map_err(|_| format!("user {name:?}: invalid name"))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r writes into it and buf, whose
-    // length we pass; result points into them or is null.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(format!(
-                "user {name}: lookup failed: {}",
-                io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if result.is_null() {
-            return Err(format!("user {name}: no such user"));
-        }
-        Ok(Account {
-            name: name.to_string(),
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-        })
+    lookup_user_in(Path::new(passwd::PASSWD), name)
+}
+
+/// lookup_user_in is `lookup_user` on another passwd file (tests).
+fn lookup_user_in(file: &Path, name: &str) -> Result<Account, String> {
+    if !passwd::valid_name(name) {
+        return Err(format!("user {name:?}: invalid name"));
+    }
+    let text = passwd::read(file).map_err(|e| format!("user {name}: {e}"))?;
+    match passwd::by_name(&text, name) {
+        Ok(Some(e)) => Ok(Account {
+            name: e.name,
+            uid: e.uid,
+            gid: e.gid,
+        }),
+        Ok(None) => Err(format!("user {name}: no such user in {}", file.display())),
+        Err(bad) => Err(format!(
+            "user {name}: {} line {}: {}",
+            file.display(),
+            bad.line,
+            bad.reason
+        )),
     }
 }
 
@@ -386,35 +384,13 @@ pub fn monotonic_usec() -> u64 {
     }
 }
 
-/// current_user_name is the login name of the real user id
-/// (`getpwuid_r(getuid())`), or None when the id has no passwd entry.
+/// current_user_name is the login name of the real user id, from /etc/passwd
+/// as `lookup_user` reads it; None when the id has no entry there.
 pub fn current_user_name() -> Option<String> {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: passwd is plain data, valid when zeroed; getpwuid_r fills it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, writable memory of the length we pass;
-        // the strings it stores point into `buf`, which outlives their use below.
-        let rc =
-            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name is a NUL-terminated string inside `buf` (checked non-null above).
-        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-        return name
-            .to_str()
-            .ok()
-            .filter(|n| !n.is_empty())
-            .map(str::to_string);
-    }
+    let text = passwd::read(Path::new(passwd::PASSWD)).ok()?;
+    passwd::by_uid(&text, current_uid())
+        .map(|e| e.name)
+        .filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]
@@ -429,6 +405,38 @@ mod tests {
             .unwrap_err()
             .contains("no such user"));
         assert!(lookup_user("bad\0name").is_err());
+    }
+
+    #[test]
+    fn lookup_user_in_names_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("picorelay-passwd-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("passwd");
+        std::fs::write(
+            &file,
+            "root:x:0:0::/root:/bin/sh\npicorelay:x::998::/:/bin/false\n",
+        )
+        .unwrap();
+        let f = file.display();
+        type Want = Result<(u32, u32), String>;
+        let cases: &[(&str, Want)] = &[
+            ("root", Ok((0, 0))),
+            (
+                "picorelay",
+                Err(format!(
+                    "user picorelay: {f} line 2: uid \"\" is not a valid id"
+                )),
+            ),
+            ("nobody", Err(format!("user nobody: no such user in {f}"))),
+            ("a:b", Err("user \"a:b\": invalid name".to_string())),
+        ];
+        for (name, want) in cases {
+            let got = lookup_user_in(&file, name).map(|a| (a.uid, a.gid));
+            assert_eq!(&got, want, "{name:?}");
+        }
+        let missing = lookup_user_in(&dir.join("none"), "root").unwrap_err();
+        assert!(missing.starts_with("user root: cannot read "), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
