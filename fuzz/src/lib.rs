@@ -20,6 +20,8 @@ pub mod oauth {
     pub mod http;
     pub mod json;
 }
+#[path = "../../src/passwd.rs"]
+pub mod passwd;
 #[path = "../../src/session.rs"]
 pub mod session;
 #[path = "../../src/smtp/mod.rs"]
