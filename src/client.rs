@@ -1,4 +1,4 @@
-//! SMTP client that hands queued messages to the one smarthost (RFC 5321, 3207, 4954, 1870, 2920, 6152, 6531).
+//! SMTP client that hands queued messages to the one smarthost (RFC 5321, 3207, 4954, 1870, 2920, 3030, 6152, 6531).
 //!
 //! Plain blocking I/O: `Connection::open` connects, reads the greeting, says EHLO, upgrades with
 //! STARTTLS when required (never falling back to plaintext), logs in, and `send` forwards one
@@ -186,6 +186,10 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     /// RFC 6531.
     pub smtputf8: bool,
+    /// RFC 3030 2: BDAT.
+    pub chunking: bool,
+    /// RFC 3030 3: BODY=BINARYMIME. Parsed only: messages here are 7bit/8bit text.
+    pub binarymime: bool,
 }
 
 impl Extensions {
@@ -212,6 +216,8 @@ impl Extensions {
                 "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
+                "CHUNKING" => ext.chunking = true,
+                "BINARYMIME" => ext.binarymime = true,
                 _ => {}
             }
         }
@@ -396,6 +402,15 @@ impl Wire {
     /// Sends command lines in one write (several = an RFC 2920 pipelined group); `shown` is what
     /// the transcript gets for each (AUTH payloads masked).
     fn send(&mut self, lines: &[(&str, &str)], tr: Transcript<'_>) -> Result<(), WireError> {
+        let out = self.encode(lines, tr)?;
+        self.stream.write_all(&out)?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Wire::encode checks command lines and returns their bytes, CRLF after each, for the
+    /// caller to write; the transcript shows `shown` for each.
+    fn encode(&self, lines: &[(&str, &str)], tr: Transcript<'_>) -> Result<Vec<u8>, WireError> {
         let mut out = Vec::new();
         for (line, shown) in lines {
             // Last line of defence against command injection: the callers validate first.
@@ -409,9 +424,7 @@ impl Wire {
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        self.stream.write_all(&out)?;
-        self.stream.flush()?;
-        Ok(())
+        Ok(out)
     }
 
     /// Sends one command that is safe to show.
@@ -550,9 +563,9 @@ pub struct Connection {
     /// Set when the session is out of step (I/O error, half-sent message): no more commands.
     broken: bool,
     /// Set when a transaction may still be open on the smarthost (MAIL sent, and the
-    /// transaction not ended by a 250 to the final dot or by RSET): RSET must precede the next
-    /// MAIL. RFC 5321 4.1.1.4: a completed transaction clears the server's buffers, so after a
-    /// clean 250 the next MAIL goes without RSET.
+    /// transaction not ended by a 250 to the final dot or to BDAT LAST, or by RSET): RSET must
+    /// precede the next MAIL. RFC 5321 4.1.1.4: a completed transaction clears the server's
+    /// buffers, so after a clean 250 the next MAIL goes without RSET.
     needs_rset: bool,
     transcript: Option<TranscriptSink>,
     /// `[smarthost] throttle_replies`.
@@ -603,8 +616,11 @@ impl Connection {
 
     /// Connection::send forwards one message. Err when the whole message failed (too big, MAIL or
     /// DATA refused, connection lost), with its permanence. Ok holds one outcome per entry of
-    /// `rcpts`, in order; a 4xx/5xx after the final dot applies to every accepted recipient.
-    /// `message` is the stored message (CRLF lines, not dot-stuffed); `size` its length in bytes.
+    /// `rcpts`, in order; a 4xx/5xx after the final dot (or to BDAT LAST) applies to every
+    /// accepted recipient. `message` is the stored message (CRLF lines, not dot-stuffed); `size`
+    /// its exact length in bytes as sent (BDAT announces it; a message of another length breaks
+    /// the session with a transient error). With CHUNKING and PIPELINING offered the message goes
+    /// as one `BDAT <size> LAST` chunk in the same write as MAIL and RCPT (RFC 3030), else DATA.
     /// With `eight_bit` and 8BITMIME offered, BODY=8BITMIME is declared (RFC 6152); when it is not
     /// offered the message is sent anyway, as other relays do: nearly all servers pass 8-bit data.
     /// SMTPUTF8 is requested when `smtputf8` is set or an address is not ASCII (RFC 6531 3.4).
@@ -838,6 +854,12 @@ impl Connection {
         if rcpt_lines.is_empty() {
             return Ok(outcomes.into_iter().flatten().collect());
         }
+        // RFC 3030 4.2: BDAT may be pipelined, so MAIL, RCPT and the whole message go in one
+        // write and cost one round trip. Without PIPELINING, BDAT would wait for each reply
+        // like DATA does and buy nothing: DATA stays.
+        if self.ext.chunking && self.ext.pipelining {
+            return self.send_chunked(&mail, &rcpt_lines, outcomes, message, size, tr);
+        }
 
         let pipelining = self.ext.pipelining;
         // The last transaction was aborted: RSET first (RFC 5321 4.1.1.5).
@@ -987,6 +1009,190 @@ impl Connection {
             .collect())
     }
 
+    /// send_chunked sends RSET (when needed), MAIL, every RCPT and `BDAT <size> LAST` followed
+    /// by the message in one write (RFC 3030 4.2), then reads the replies in order. The reply
+    /// to BDAT LAST is the final reply for the message, read like the reply to the final dot.
+    fn send_chunked(
+        &mut self,
+        mail: &str,
+        rcpt_lines: &[(usize, String)],
+        mut outcomes: Vec<Option<RcptOutcome>>,
+        message: &mut dyn Read,
+        size: u64,
+        tr: Transcript<'_>,
+    ) -> Result<Vec<RcptOutcome>, ClientError> {
+        let peer = self.wire.peer.clone();
+        // The last transaction was aborted: RSET first (RFC 5321 4.1.1.5).
+        let rset = self.needs_rset;
+        // From here until a 250 to BDAT LAST, a transaction may be open on the smarthost.
+        self.needs_rset = true;
+        let bdat = format!("BDAT {size} LAST");
+        let mut group: Vec<(&str, &str)> = Vec::with_capacity(rcpt_lines.len() + 3);
+        if rset {
+            group.push(("RSET", "RSET"));
+        }
+        group.push((mail, mail));
+        group.extend(rcpt_lines.iter().map(|(_, l)| (l.as_str(), l.as_str())));
+        group.push((&bdat, &bdat));
+        let commands = match self.wire.encode(&group, tr) {
+            Ok(c) => c,
+            Err(e) => return Err(self.lost("sending a command", e)),
+        };
+        // RFC 5321 4.5.3.2.5: each data block, 3 minutes.
+        let block_timeout = nonzero(self.data_timeout.min(DATA_BLOCK_TIMEOUT));
+        match self.write_chunk(&commands, message, size, block_timeout) {
+            Ok(()) => {}
+            Err(ChunkError::Wire(e)) => return Err(self.lost("sending the message", e)),
+            Err(ChunkError::Changed) => {
+                // The announced count is wrong: the smarthost would read the rest of the chunk
+                // from whatever comes next. Closing makes it drop the incomplete chunk.
+                self.broken = true;
+                let _ = self.wire.stream.tcp().shutdown(std::net::Shutdown::Both);
+                return Err(ClientError::new(
+                    Stage::Send,
+                    false,
+                    format!("{peer}: the message is not the {size} bytes announced in BDAT (it changed while being sent); connection closed"),
+                ));
+            }
+        }
+        note(
+            tr,
+            &peer,
+            &format!("C: ({size} bytes of message, not stuffed)"),
+        );
+        if rset {
+            // The rest of the group is unread when this fails: the session is broken.
+            self.rset_reply(tr)?;
+            self.needs_rset = true;
+        }
+        // RFC 5321 4.5.3.2.2: MAIL, 5 minutes.
+        let mail_reply = self.read(self.command_timeout, "reading the reply to MAIL", tr)?;
+        let mail_ok = mail_reply.code == 250;
+        let mut accepted = 0;
+        for (i, _) in rcpt_lines {
+            // RFC 5321 4.5.3.2.3: RCPT, 5 minutes.
+            let r = self.read(self.command_timeout, "reading the reply to RCPT", tr)?;
+            outcomes[*i] = match r.code {
+                // RFC 5321 3.4: 251 "will forward" is an acceptance too.
+                250 | 251 => {
+                    accepted += 1;
+                    None
+                }
+                _ => Some(outcome(&r, &self.throttles)),
+            };
+        }
+        // RFC 3030 sets no timeout for BDAT; its LAST reply ends the message like the reply to
+        // the final dot (RFC 5321 4.5.3.2.6: 10 minutes).
+        let last = self.read(self.data_timeout, "reading the reply to BDAT", tr)?;
+        if !mail_ok || accepted == 0 {
+            // RFC 3030 2: without a valid sender or recipient the server answers BDAT with 503
+            // or 554 and discards the chunk: nothing was delivered.
+            if !(400..600).contains(&last.code) {
+                // Taken without a sender or recipient: do not guess; drop the session.
+                self.broken = true;
+                return Err(ClientError::new(
+                    Stage::Send,
+                    false,
+                    format!(
+                        "{peer}: smarthost answered BDAT without a valid sender or recipient: {}",
+                        last.text()
+                    ),
+                ));
+            }
+            if !mail_ok {
+                return Err(reply_error(
+                    Stage::Send,
+                    &peer,
+                    "MAIL FROM refused",
+                    &mail_reply,
+                    &self.throttles,
+                ));
+            }
+            // Nothing to deliver: report each refusal. The transaction stays open
+            // (needs_rset): RSET goes before the next MAIL, pipelined with it.
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let final_outcome = match last.code {
+            250 => {
+                // RFC 3030 2 and RFC 5321 4.1.1.4: the transaction is complete, as after a 250
+                // to the final dot. After a 4xx/5xx needs_rset stays set.
+                self.needs_rset = false;
+                RcptOutcome::Accepted
+            }
+            400..=599 => outcome(&last, &self.throttles),
+            _ => {
+                // Neither taken nor refused: do not risk a duplicate by guessing; retry later.
+                self.broken = true;
+                return Err(ClientError::new(
+                    Stage::Send,
+                    false,
+                    format!("{peer}: unexpected reply to BDAT LAST: {}", last.text()),
+                ));
+            }
+        };
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
+            .collect())
+    }
+
+    /// write_chunk writes `commands` and exactly `size` bytes of `message`, unstuffed (RFC
+    /// 3030 2: BDAT data is sent as is), through one 64 KiB buffer: a small message goes in the
+    /// same write as its commands. The last byte is held back until the message is known to end
+    /// there, so a message that changed size never completes a chunk: ChunkError::Changed, and
+    /// the caller closes the connection.
+    fn write_chunk(
+        &mut self,
+        commands: &[u8],
+        message: &mut dyn Read,
+        size: u64,
+        timeout: Duration,
+    ) -> Result<(), ChunkError> {
+        self.wire.stream.tcp().set_write_timeout(Some(timeout))?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, &mut self.wire.stream);
+        let tail = (|| -> Result<Vec<u8>, ChunkError> {
+            if size == 0 {
+                // "BDAT 0 LAST" alone is a whole (empty) message: check before the line goes.
+                let mut extra = Vec::new();
+                message.take(1).read_to_end(&mut extra)?;
+                return if extra.is_empty() {
+                    out.write_all(commands)?;
+                    Ok(extra)
+                } else {
+                    Err(ChunkError::Changed)
+                };
+            }
+            out.write_all(commands)?;
+            let copied = io::copy(&mut message.take(size - 1), &mut out)?;
+            // Two bytes asked for one missing: a longer message shows itself.
+            let mut tail = Vec::with_capacity(2);
+            if copied == size - 1 {
+                message.take(2).read_to_end(&mut tail)?;
+            }
+            if copied + tail.len() as u64 != size {
+                return Err(ChunkError::Changed);
+            }
+            Ok(tail)
+        })();
+        let tail = match tail {
+            Ok(t) => t,
+            Err(e) => {
+                // Whatever is still buffered is dropped unsent (a BufWriter dropped would flush
+                // it): with the last byte held back, no complete chunk reaches the server.
+                let _ = out.into_parts();
+                return Err(e);
+            }
+        };
+        out.write_all(&tail)?;
+        out.flush()?;
+        drop(out);
+        self.wire
+            .stream
+            .tcp()
+            .set_write_timeout(Some(nonzero(self.command_timeout)))?;
+        Ok(())
+    }
+
     /// Streams the message through a 64 KiB buffer with dot-stuffing and the final dot.
     fn write_body(&mut self, message: &mut dyn Read, timeout: Duration) -> Result<u64, WireError> {
         let tcp = self.wire.stream.tcp();
@@ -1000,6 +1206,21 @@ impl Connection {
             .tcp()
             .set_write_timeout(Some(nonzero(self.command_timeout)))?;
         Ok(n)
+    }
+}
+
+/// Why writing a BDAT chunk failed; always transient, and the session is not used again.
+#[derive(Debug)]
+enum ChunkError {
+    /// The socket or the spool file failed.
+    Wire(WireError),
+    /// The message is not as long as announced in BDAT: it changed while being sent.
+    Changed,
+}
+
+impl From<io::Error> for ChunkError {
+    fn from(e: io::Error) -> ChunkError {
+        ChunkError::Wire(e.into())
     }
 }
 
@@ -1450,6 +1671,9 @@ mod tests {
         C(&'static str),
         /// Read message lines up to the final dot; logged as "BODY:" + lines joined with '\n'.
         Data,
+        /// Read exactly the byte count announced by the last logged "BDAT <n> ..." line; logged
+        /// as "BODY:" + the bytes as received (CRLF kept), or "EOF in chunk" when it ends early.
+        Chunk,
         /// Server side of the TLS handshake.
         Tls,
         /// Send raw bytes.
@@ -1539,6 +1763,21 @@ mod tests {
                             }
                         }
                         log.push(format!("BODY:{}", body.join("\n")));
+                    }
+                    Chunk => {
+                        let n: usize = log
+                            .iter()
+                            .rev()
+                            .find_map(|l: &String| l.strip_prefix("BDAT "))
+                            .and_then(|l| l.split(' ').next())
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; n];
+                        if st.read_exact(&mut body).is_err() {
+                            log.push("EOF in chunk".to_string());
+                            break;
+                        }
+                        log.push(format!("BODY:{}", String::from_utf8_lossy(&body)));
                     }
                     Tls => {
                         let plain = s.take().unwrap();
@@ -2922,11 +3161,299 @@ mod tests {
         srv.1.join().unwrap();
     }
 
+    /// chunking is the start of a script whose smarthost offers PIPELINING and CHUNKING.
+    fn chunking() -> Vec<Step> {
+        vec![GREET, C("EHLO"), S("250-s\n250-PIPELINING\n250 CHUNKING")]
+    }
+
+    #[test]
+    fn bdat_pipelined_happy_path() {
+        // The script answers only once MAIL, both RCPTs, BDAT and the whole chunk arrived: a
+        // client that waited for a reply first, or sent fewer bytes, would hang until timeout.
+        let msg = "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n";
+        let srv = serve(vec![
+            GREET,
+            C("EHLO relay.test"),
+            S("250-smarthost.test\n250-PIPELINING\n250-SIZE 1000000\n250-8BITMIME\n250-CHUNKING\n250 BINARYMIME"),
+            C("MAIL FROM:<s@x.test> SIZE=35 BODY=8BITMIME"),
+            C("RCPT TO:<a@y.test>"),
+            C("RCPT TO:<b@y.test>"),
+            C("BDAT 35 LAST"),
+            Chunk,
+            S("250 2.1.0 ok\n250 2.1.5 ok\n250 2.1.5 ok\n250 2.0.0 queued"),
+            // A completed transaction (RFC 3030 2): the next MAIL goes without RSET.
+            C("MAIL FROM:<s@x.test> SIZE=35"),
+            C("RCPT TO:<a@y.test>"),
+            C("BDAT 35 LAST"),
+            Chunk,
+            S("250 ok\n250 ok\n250 queued 2"),
+            C("QUIT"),
+            S("221 bye"),
+        ]);
+        let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+        assert!(c.extensions().chunking && c.extensions().binarymime);
+        let (lines, sink) = recorder();
+        c.set_transcript(Some(sink));
+        let out = c
+            .send(
+                "s@x.test",
+                &rcpts(&["a@y.test", "b@y.test"]),
+                &mut &MSG[..],
+                35,
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(out, vec![RcptOutcome::Accepted, RcptOutcome::Accepted]);
+        c.reset().unwrap();
+        assert_eq!(
+            send(&mut c, &["a@y.test"]).unwrap(),
+            vec![RcptOutcome::Accepted]
+        );
+        c.reset().unwrap();
+        c.quit();
+        let log = srv.log();
+        assert!(!has(&log, "UNEXPECTED") && !has(&log, "EOF"), "{log:?}");
+        assert!(!has(&log, "RSET") && !has(&log, "DATA"), "{log:?}");
+        // RFC 3030 2: not dot-stuffed, the bytes as stored.
+        let body = format!("BODY:{msg}");
+        assert_eq!(log.iter().filter(|l| **l == body).count(), 2, "{log:?}");
+        // BINARYMIME is parsed, never asked for.
+        assert!(log.contains(&"MAIL FROM:<s@x.test> SIZE=35 BODY=8BITMIME".to_string()));
+        // One write: every command and the chunk before the first reply.
+        let t = lines.lock().unwrap().join("\n");
+        let want = "C: MAIL FROM:<s@x.test> SIZE=35 BODY=8BITMIME\nC: RCPT TO:<a@y.test>\nC: RCPT TO:<b@y.test>\nC: BDAT 35 LAST\nC: (35 bytes of message, not stuffed)\nS: 250 2.1.0 ok";
+        assert!(t.contains(want), "{t}");
+        assert!(t.contains("S: 250 queued 2"), "{t}");
+    }
+
+    #[test]
+    fn bdat_outcomes() {
+        let perm = |t: &str| RcptOutcome::Permanent(t.to_string());
+        let temp = |t: &str| RcptOutcome::Transient(t.to_string());
+        let quota = "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException";
+        // (name, replies to MAIL, RCPT a, RCPT b, BDAT; the result, Err = its permanence;
+        // whether the next transaction starts with RSET)
+        // Err holds the error's permanence.
+        type Want = Result<Vec<RcptOutcome>, bool>;
+        let cases: Vec<(&str, &'static str, Want, bool)> = vec![
+            (
+                "550 on one",
+                "250 ok\n250 ok\n550 5.1.1 no such user\n250 queued",
+                Ok(vec![RcptOutcome::Accepted, perm("550 5.1.1 no such user")]),
+                false,
+            ),
+            (
+                "452 on one",
+                "250 ok\n452 4.5.3 too many\n250 ok\n250 queued",
+                Ok(vec![
+                    RcptOutcome::Throttled(Throttle::TooManyRecipients, "452 4.5.3 too many".into()),
+                    RcptOutcome::Accepted,
+                ]),
+                false,
+            ),
+            (
+                "5xx to BDAT",
+                "250 ok\n250 ok\n551 no\n554 5.7.1 spam",
+                Ok(vec![perm("554 5.7.1 spam"), perm("551 no")]),
+                true,
+            ),
+            (
+                "4xx to BDAT",
+                "250 ok\n250 ok\n250 ok\n451 4.3.0 later",
+                Ok(vec![temp("451 4.3.0 later"), temp("451 4.3.0 later")]),
+                true,
+            ),
+            (
+                "quota on BDAT",
+                "250 ok\n250 ok\n250 ok\n554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                Ok(vec![RcptOutcome::Throttled(Throttle::DailyQuota, quota.into()); 2]),
+                true,
+            ),
+            (
+                "all recipients refused",
+                "250 ok\n550 5.1.1 unknown\n550 5.1.2 bad domain\n554 5.5.1 no valid recipients",
+                Ok(vec![perm("550 5.1.1 unknown"), perm("550 5.1.2 bad domain")]),
+                true,
+            ),
+            (
+                "MAIL refused 4xx",
+                "451 4.3.0 later\n503 5.5.1 no\n503 5.5.1 no\n503 5.5.1 no valid sender",
+                Err(false),
+                true,
+            ),
+            (
+                "MAIL refused 5xx",
+                "550 5.7.1 not you\n503 5.5.1 no\n503 5.5.1 no\n503 5.5.1 no valid sender",
+                Err(true),
+                true,
+            ),
+        ];
+        for (name, replies, want, rset) in cases {
+            let mut script = chunking();
+            script.extend([
+                C("MAIL"),
+                C("RCPT"),
+                C("RCPT"),
+                C("BDAT 35 LAST"),
+                Chunk,
+                S(replies),
+            ]);
+            if rset {
+                script.push(C("RSET"));
+            }
+            script.extend([C("MAIL"), C("RCPT"), C("BDAT 35 LAST"), Chunk]);
+            script.push(S(if rset {
+                "250 reset\n250 ok\n250 ok\n250 queued"
+            } else {
+                "250 ok\n250 ok\n250 queued"
+            }));
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            let got = send(&mut c, &["a@y.test", "b@y.test"]).map_err(|e| e.permanent);
+            assert_eq!(got, want, "{name}");
+            // The session stays usable; RSET goes in the next group only after a refusal.
+            c.reset().unwrap();
+            assert_eq!(
+                send(&mut c, &["a@y.test"]).unwrap(),
+                vec![RcptOutcome::Accepted],
+                "{name}"
+            );
+            drop(c);
+            let log = srv.log();
+            assert!(
+                !has(&log, "UNEXPECTED") && !has(&log, "EOF"),
+                "{name}: {log:?}"
+            );
+            assert_eq!(has(&log, "RSET"), rset, "{name}: {log:?}");
+        }
+    }
+
+    #[test]
+    fn bdat_connection_closed_mid_chunk_is_transient() {
+        let big =
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(40_000);
+        // Closed in the middle of the chunk, and after it but before any reply.
+        for (name, end) in [
+            ("mid-chunk", vec![Close]),
+            ("before the reply", vec![Chunk, Close]),
+        ] {
+            let mut script = chunking();
+            script.extend([C("MAIL"), C("RCPT"), C("BDAT")]);
+            script.extend(end);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            let e = c
+                .send(
+                    "s@x.test",
+                    &rcpts(&["a@y.test"]),
+                    &mut &big[..],
+                    big.len() as u64,
+                    false,
+                    false,
+                )
+                .unwrap_err();
+            assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{name}: {e}");
+            // Out of step: no more commands on this session.
+            assert!(c.reset().is_err(), "{name}");
+            srv.log();
+        }
+    }
+
+    #[test]
+    fn bdat_message_of_another_size_never_completes_a_chunk() {
+        let big =
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(4_000);
+        let n = big.len() as u64;
+        // (name, message, size announced): a file that shrank, grew, or is not empty at all.
+        let cases: Vec<(&str, &[u8], u64)> = vec![
+            ("shorter", &big, n + 10),
+            ("longer", &big, n - 10),
+            ("longer by one", &big, n - 1),
+            ("not empty", MSG, 0),
+        ];
+        for (name, msg, size) in cases {
+            let mut script = chunking();
+            script.extend([
+                C("MAIL"),
+                C("RCPT"),
+                C("BDAT"),
+                Chunk,
+                S("250 ok\n250 ok\n250 queued"),
+            ]);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            let e = c
+                .send(
+                    "s@x.test",
+                    &rcpts(&["a@y.test"]),
+                    &mut &msg[..],
+                    size,
+                    false,
+                    false,
+                )
+                .unwrap_err();
+            assert_eq!((e.stage, e.permanent), (Stage::Send, false), "{name}: {e}");
+            assert!(e.message.contains("announced in BDAT"), "{name}: {e}");
+            assert!(c.reset().is_err(), "{name}");
+            let log = srv.log();
+            assert!(!has(&log, "BODY:"), "{name}: {log:?}");
+            assert!(has(&log, "EOF"), "{name}: {log:?}");
+        }
+    }
+
+    #[test]
+    fn data_without_chunking_or_without_pipelining() {
+        // (EHLO reply, the script from MAIL on)
+        let cases: Vec<(&'static str, Vec<Step>)> = vec![
+            (
+                "250-s\n250-CHUNKING\n250 BINARYMIME",
+                vec![
+                    C("MAIL"),
+                    S("250 ok"),
+                    C("RCPT"),
+                    S("250 ok"),
+                    C("DATA"),
+                    S("354 go"),
+                ],
+            ),
+            (
+                "250-s\n250-PIPELINING\n250 BINARYMIME",
+                vec![C("MAIL"), C("RCPT"), C("DATA"), S("250 ok\n250 ok\n354 go")],
+            ),
+        ];
+        for (ehlo, steps) in cases {
+            let mut script = vec![GREET, C("EHLO"), S(ehlo)];
+            script.extend(steps);
+            script.extend([Data, S("250 queued")]);
+            let srv = serve(script);
+            let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+            assert_eq!(
+                send(&mut c, &["a@y.test"]).unwrap(),
+                vec![RcptOutcome::Accepted],
+                "{ehlo}"
+            );
+            drop(c);
+            let log = srv.log();
+            assert!(
+                !has(&log, "UNEXPECTED") && !has(&log, "BDAT"),
+                "{ehlo}: {log:?}"
+            );
+            // DATA is dot-stuffed as before.
+            assert!(
+                has(&log, "BODY:Subject: hi\n\n..leading dot\nbody"),
+                "{ehlo}: {log:?}"
+            );
+        }
+    }
+
     #[test]
     fn ehlo_keywords() {
         let cases: Vec<(&str, Extensions)> = vec![
             ("250-mx\n250-PIPELINING\n250-SIZE 35882577\n250-8BITMIME\n250-STARTTLS\n250-AUTH LOGIN PLAIN XOAUTH2\n250 SMTPUTF8",
-                Extensions { starttls: true, auth: vec!["LOGIN".into(), "PLAIN".into(), "XOAUTH2".into()], size: Some(35_882_577), pipelining: true, eight_bit_mime: true, smtputf8: true }),
+                Extensions { starttls: true, auth: vec!["LOGIN".into(), "PLAIN".into(), "XOAUTH2".into()], size: Some(35_882_577), pipelining: true, eight_bit_mime: true, smtputf8: true, ..Extensions::default() }),
+            ("250-smtp.gmail.com at your service\n250-CHUNKING\n250-binarymime\n250 PIPELINING",
+                Extensions { chunking: true, binarymime: true, pipelining: true, ..Extensions::default() }),
             ("250-mx\n250-auth=login plain\n250-AUTH PLAIN\n250 size",
                 Extensions { auth: vec!["LOGIN".into(), "PLAIN".into()], size: Some(0), ..Extensions::default() }),
             ("250-mx greets you\n250-SIZE abc\n250 X-UNKNOWN 1", Extensions { size: Some(0), ..Extensions::default() }),
