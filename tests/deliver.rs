@@ -726,3 +726,42 @@ fn interop_with_aiosmtpd_starttls_and_auth() {
     );
     drop(server);
 }
+
+#[test]
+fn a_smarthost_offering_chunking_gets_bdat_with_the_same_outcomes() {
+    // RFC 3030: one `BDAT n LAST` pipelined behind MAIL and RCPT, the message as stored (no
+    // dot-stuffing); per-recipient refusals and the bounce work as with DATA.
+    let sink = Sink::start(Opts {
+        chunking: true,
+        ..Opts::plain()
+    });
+    sink.rule("RCPT TO:<bad@example.org>", "550 5.1.1 no such user");
+    let relay = Relay::start(&ini(&sink.addr(), ""));
+    let id = relay.submit(
+        "alice@example.com",
+        &["good@example.org", "bad@example.org"],
+        &message("chunked", "first line\r\n..leading dot\r\n"),
+    );
+    let txns = sink.wait_txns(2);
+    let t = &txns[0];
+    assert!(t.chunked, "BDAT, not DATA: {t:?}");
+    assert_eq!(t.rcpts, ["good@example.org"]);
+    assert!(
+        t.data
+            .contains("Subject: chunked\r\n\r\nfirst line\r\n.leading dot\r\n"),
+        "the body arrives as stored, one dot: {}",
+        t.data
+    );
+    assert!(
+        sink.saw("BDAT") && !sink.saw("DATA"),
+        "{:?}",
+        sink.commands()
+    );
+    // The report for the refused recipient goes the same way.
+    assert_eq!(txns[1].mail_from, "", "a report from the null sender");
+    assert!(txns[1].chunked);
+    wait_queue_empty(&relay);
+    relay.wait_log(&format!(
+        "delivery {id}: bounced <bad@example.org>: 550 5.1.1 no such user"
+    ));
+}

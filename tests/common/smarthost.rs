@@ -97,6 +97,8 @@ pub struct Opts {
     pub oauth: Option<OAuthOpts>,
     /// Provider limits (none by default).
     pub limits: Limits,
+    /// Offer CHUNKING (RFC 3030) and take BDAT as well as DATA.
+    pub chunking: bool,
 }
 
 /// Microsoft 365's answer to a connection beyond the account's concurrent connections.
@@ -308,6 +310,8 @@ pub struct Txn {
     pub auth: Option<(String, String)>,
     /// When the sink accepted the message (just before its final 250 went out).
     pub at: Instant,
+    /// It came with BDAT (RFC 3030), not DATA.
+    pub chunked: bool,
 }
 
 /// A reply override: the first rule whose prefix starts the command line (case-insensitive)
@@ -675,6 +679,18 @@ impl Session {
         Some(r.reply.clone())
     }
 
+    /// read_exact_bytes reads `n` bytes of a BDAT chunk (after what is buffered).
+    fn read_exact_bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 8192];
+            match self.io.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
     fn read_line(&mut self) -> Option<String> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
@@ -815,6 +831,9 @@ impl Session {
                     if self.opts.starttls.is_some() && !self.tls() {
                         ext.push("STARTTLS");
                     }
+                    if self.opts.chunking {
+                        ext.push("CHUNKING");
+                    }
                     let oauth_line = self
                         .opts
                         .oauth
@@ -897,6 +916,7 @@ impl Session {
                             tls: self.tls(),
                             auth: self.auth.clone(),
                             at: Instant::now(),
+                            chunked: false,
                         });
                     }
                     true
@@ -965,6 +985,40 @@ impl Session {
                     }
                     txn = None;
                     true
+                }
+                // RFC 3030: BDAT SIZE [LAST]; the chunk's bytes follow the line as they are
+                // (never dot-stuffed).
+                "BDAT" if self.opts.chunking => {
+                    let mut words = line.split_ascii_whitespace().skip(1);
+                    let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                    let Some(bytes) = self.read_exact_bytes(size) else {
+                        return Ok(());
+                    };
+                    let ready = txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
+                    if let Some(t) = txn.as_mut() {
+                        t.data.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                    if !ready {
+                        self.answer(&line, "503 5.5.1 no valid recipients")
+                            .is_some()
+                    } else if !last {
+                        self.answer(&line, "250 2.0.0 chunk ok").is_some()
+                    } else {
+                        let n = self.st.lock().unwrap().txns.len() + 1;
+                        let at = Instant::now();
+                        let ok = format!("250 2.0.0 Ok: queued as S{n}");
+                        let Some(r) = self.answer_limited("DOT", At::Dot, &ok) else {
+                            break;
+                        };
+                        if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
+                            t.at = at;
+                            t.chunked = true;
+                            self.st.lock().unwrap().txns.push(t);
+                        }
+                        txn = None;
+                        true
+                    }
                 }
                 "RSET" => {
                     txn = None;
