@@ -984,22 +984,38 @@ impl Connection {
         note(tr, &peer, "C: .");
         // RFC 5321 4.5.3.2.6: the reply to the final dot, 10 minutes.
         let dot = self.read(self.data_timeout, "reading the reply to the final dot", tr)?;
-        let final_outcome = match dot.code {
+        self.finish(&dot, "the final dot", outcomes)
+    }
+
+    /// finish applies the final reply of a message (to the final dot, or to BDAT LAST) to
+    /// every recipient the smarthost accepted.
+    fn finish(
+        &mut self,
+        last: &Reply,
+        what: &str,
+        outcomes: Vec<Option<RcptOutcome>>,
+    ) -> Result<Vec<RcptOutcome>, ClientError> {
+        let final_outcome = match last.code {
             250 => {
-                // RFC 5321 4.1.1.4: the transaction is complete and the server ready for MAIL.
-                // After a 4xx/5xx here needs_rset stays set: a refused message may leave a
-                // server in any state, and the RSET costs no round trip when pipelined.
+                // RFC 5321 4.1.1.4 (and RFC 3030 2 for BDAT LAST): the transaction is complete
+                // and the server ready for MAIL. After a 4xx/5xx needs_rset stays set: a refused
+                // message may leave a server in any state, and the RSET costs no round trip
+                // when pipelined.
                 self.needs_rset = false;
                 RcptOutcome::Accepted
             }
-            400..=599 => outcome(&dot, &self.throttles),
+            400..=599 => outcome(last, &self.throttles),
             _ => {
                 // Neither taken nor refused: do not risk a duplicate by guessing; retry later.
                 self.broken = true;
                 return Err(ClientError::new(
                     Stage::Send,
                     false,
-                    format!("{peer}: unexpected reply to the final dot: {}", dot.text()),
+                    format!(
+                        "{}: unexpected reply to {what}: {}",
+                        self.wire.peer,
+                        last.text()
+                    ),
                 ));
             }
         };
@@ -1112,28 +1128,7 @@ impl Connection {
             // (needs_rset): RSET goes before the next MAIL, pipelined with it.
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        let final_outcome = match last.code {
-            250 => {
-                // RFC 3030 2 and RFC 5321 4.1.1.4: the transaction is complete, as after a 250
-                // to the final dot. After a 4xx/5xx needs_rset stays set.
-                self.needs_rset = false;
-                RcptOutcome::Accepted
-            }
-            400..=599 => outcome(&last, &self.throttles),
-            _ => {
-                // Neither taken nor refused: do not risk a duplicate by guessing; retry later.
-                self.broken = true;
-                return Err(ClientError::new(
-                    Stage::Send,
-                    false,
-                    format!("{peer}: unexpected reply to BDAT LAST: {}", last.text()),
-                ));
-            }
-        };
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
-            .collect())
+        self.finish(&last, "BDAT LAST", outcomes)
     }
 
     /// write_chunk writes `commands` and exactly `size` bytes of `message`, unstuffed (RFC
