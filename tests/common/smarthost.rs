@@ -679,6 +679,23 @@ impl Session {
         Some(r.reply.clone())
     }
 
+    /// end_message answers the end of a message (the final dot, or BDAT LAST; the "DOT"
+    /// rules and limits apply to both) and records the transaction when the answer is a 2xx.
+    /// None when the connection went away.
+    fn end_message(&mut self, txn: &mut Option<Txn>, finish: impl FnOnce(&mut Txn)) -> Option<()> {
+        let n = self.st.lock().unwrap().txns.len() + 1;
+        let at = Instant::now();
+        let ok = format!("250 2.0.0 Ok: queued as S{n}");
+        let r = self.answer_limited("DOT", At::Dot, &ok)?;
+        if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
+            finish(&mut t);
+            t.at = at;
+            self.st.lock().unwrap().txns.push(t);
+        }
+        *txn = None;
+        Some(())
+    }
+
     /// read_exact_bytes reads `n` bytes of a BDAT chunk (after what is buffered).
     fn read_exact_bytes(&mut self, n: usize) -> Option<Vec<u8>> {
         while self.buf.len() < n {
@@ -972,18 +989,9 @@ impl Session {
                     if let Some(d) = latency {
                         std::thread::sleep(d);
                     }
-                    let n = self.st.lock().unwrap().txns.len() + 1;
-                    let at = Instant::now();
-                    let ok = format!("250 2.0.0 Ok: queued as S{n}");
-                    let Some(r) = self.answer_limited("DOT", At::Dot, &ok) else {
+                    if self.end_message(&mut txn, |t| t.data = data).is_none() {
                         break;
-                    };
-                    if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
-                        t.data = data;
-                        t.at = at;
-                        self.st.lock().unwrap().txns.push(t);
                     }
-                    txn = None;
                     true
                 }
                 // RFC 3030: BDAT SIZE [LAST]; the chunk's bytes follow the line as they are
@@ -1005,18 +1013,9 @@ impl Session {
                     } else if !last {
                         self.answer(&line, "250 2.0.0 chunk ok").is_some()
                     } else {
-                        let n = self.st.lock().unwrap().txns.len() + 1;
-                        let at = Instant::now();
-                        let ok = format!("250 2.0.0 Ok: queued as S{n}");
-                        let Some(r) = self.answer_limited("DOT", At::Dot, &ok) else {
+                        if self.end_message(&mut txn, |t| t.chunked = true).is_none() {
                             break;
-                        };
-                        if let (true, Some(mut t)) = (r.starts_with('2'), txn.take()) {
-                            t.at = at;
-                            t.chunked = true;
-                            self.st.lock().unwrap().txns.push(t);
                         }
-                        txn = None;
                         true
                     }
                 }
