@@ -1696,14 +1696,7 @@ fn sighup_drops_the_cached_access_token() {
     wait_delivered(&relay, &sink, 1);
     sink.hang_up();
     assert_eq!(idp.count(None), 1);
-    let reloads = |r: &Relay| {
-        r.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("] reloaded ") || l.contains("reload of "))
-            .count()
-    };
+    let reloads = Relay::reload_lines;
     // The [oauth] section is reloaded too: a changed scope shows in the next token request.
     let ini = merge_ini(
         &std::fs::read_to_string(&relay.config).unwrap(),

@@ -38,18 +38,9 @@ fn rewrite(r: &Relay, extra: &str) {
 
 /// reload sends SIGHUP and waits for the n-th "reloaded"/"reload of" line.
 fn reload(r: &Relay) {
-    let before = reload_lines(r);
+    let before = r.reload_lines();
     r.signal("HUP");
-    wait_for("the reload to finish", || reload_lines(r) > before);
-}
-
-fn reload_lines(r: &Relay) -> usize {
-    r.log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("] reloaded ") || l.contains("reload of "))
-        .count()
+    wait_for("the reload to finish", || r.reload_lines() > before);
 }
 
 fn status(r: &Relay, json: bool) -> (Option<i32>, String) {

@@ -140,6 +140,16 @@ impl Relay {
         r
     }
 
+    /// reload_lines counts the log lines of finished reloads (accepted or refused).
+    pub fn reload_lines(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("] reloaded ") || l.contains("reload of "))
+            .count()
+    }
+
     /// prepared writes `ini` as picorelay.ini in `dir`: a relay ready to spawn.
     pub fn prepared(dir: TempDir, ini: &str) -> Relay {
         let config = dir.path().join("picorelay.ini");
