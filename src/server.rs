@@ -607,10 +607,16 @@ impl Server {
 
     /// pool_figures are the pool's numbers for `status`.
     pub fn pool_figures(&self) -> PoolFigures {
+        // Queue, then active, the order every other taker of both uses (see `worker`): the
+        // other order, even across the fields of one expression, could deadlock with it.
+        let q = lock(&self.pool.queue);
+        let waiting = q.len();
+        let busy = lock(&self.shared.active).len();
+        drop(q);
         PoolFigures {
             workers: self.pool.capacity,
-            busy: lock(&self.shared.active).len(),
-            waiting: lock(&self.pool.queue).len(),
+            busy,
+            waiting,
             evictions: self.shared.evictions.load(Ordering::Relaxed),
             refusals: REFUSALS.load(Ordering::Relaxed),
         }
