@@ -18,15 +18,16 @@
 //! Standard library only, but for libc (already the relay's dependency) to
 //! bind those source addresses, which std cannot do before a connect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,8 +60,9 @@ fn main() {
 
 const USAGE: &str =
     "usage: cargo bench --bench bench -- [--quick] [--runs N] [--out FILE | --no-write]
-       [--bin PATH] [--static-bin PATH | --no-static] [--sink-port N] [--peer NAME --target 127.0.0.1:PORT [--peer-reset CMD]]
-       [--only SUBSTRING]
+       [--bin PATH] [--static-bin PATH | --no-static] [--sink-port N] [--proxy-port N]
+       [--rtt-ms N] [--peer NAME --target 127.0.0.1:PORT [--peer-reset CMD] [--peer-pids CMD]
+       [--peer-spool PATH] [--peer-release CMD] [--peer-concurrency CMD]] [--only SUBSTRING]
   --quick        short cases (for a smoke run)
   --runs N       repetitions; medians with min-max are reported (default 3)
   --out FILE     where to write the results (default BENCHMARKS.md in the crate)
@@ -68,11 +70,21 @@ const USAGE: &str =
   --static-bin   the static build whose size, idle memory and start-up are also
                  measured (default: `make static`'s, when it has been built)
   --sink-port N  port of the built-in sink smarthost (default: any free port)
+  --proxy-port N port of the latency-injecting proxy in front of the sink, which
+                 every relay case goes through (default: any free port)
+  --rtt-ms N     round trip the proxy adds in the wan cases (default 40)
   --peer NAME    also load the relay at --target (loopback only), e.g. postfix
   --peer-reset   shell command run before each peer case (e.g. 'postsuper -d ALL')
-  --peer-pids    shell command printing the peer's process ids (idle memory, summed)
+  --peer-pids    shell command printing the peer's process ids (idle memory summed;
+                 CPU: utime + stime + cutime + cstime summed)
+  --peer-spool   the peer's queue directory: its block device's writes are counted
+  --peer-release shell command releasing the peer's held messages (wan cases)
+  --peer-concurrency  shell command setting the peer's connections to the smarthost
+                 to {n} (wan cases; run with 20, the Postfix default, at the end)
   --only S       run only the cases whose name contains S
-  PICORELAY_BENCH_DIR  directory for the temporary spools (default: the system temp dir)";
+  PICORELAY_BENCH_DIR  directory for the temporary spools (default: the system temp dir)
+  PICORELAY_BENCH_LOG  log level of the relays under test (default info; debug
+                 logs the smarthost dialogue)";
 
 /// Command-line options.
 struct Opts {
@@ -84,6 +96,10 @@ struct Opts {
     static_bin: Option<PathBuf>,
     base: PathBuf,
     sink_port: u16,
+    /// Port of the latency-injecting proxy in front of the sink (0: any).
+    proxy_port: u16,
+    /// Round trip the proxy adds in the wan cases.
+    rtt: Duration,
     peer: Option<Peer>,
     only: Option<String>,
     args: Vec<String>,
@@ -94,8 +110,14 @@ struct Peer {
     name: String,
     addr: SocketAddr,
     reset: Option<String>,
-    /// Shell command printing the peer's process ids (for its memory).
+    /// Shell command printing the peer's process ids (for its memory and CPU).
     pids: Option<String>,
+    /// The peer's queue directory: its block device's writes are counted.
+    spool: Option<PathBuf>,
+    /// Shell command releasing the peer's held messages (the wan cases).
+    release: Option<String>,
+    /// Shell command setting the peer's connections to the smarthost to `{n}`.
+    concurrency: Option<String>,
 }
 
 impl Opts {
@@ -115,11 +137,14 @@ impl Opts {
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
             sink_port: 0,
+            proxy_port: 0,
+            rtt: Duration::from_millis(40),
             peer: None,
             only: None,
             args: Vec::new(),
         };
         let (mut peer_name, mut target, mut reset, mut pids) = (None, None, None, None);
+        let (mut spool, mut release, mut concurrency) = (None, None, None);
         let args: Vec<String> = args.collect();
         let mut i = 0;
         while i < args.len() {
@@ -154,10 +179,32 @@ impl Opts {
                         .parse()
                         .map_err(|_| "--sink-port takes a port number")?
                 }
+                "--proxy-port" => {
+                    o.proxy_port = val()?
+                        .parse()
+                        .map_err(|_| "--proxy-port takes a port number")?
+                }
+                "--rtt-ms" => {
+                    o.rtt = val()?
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=2000).contains(n))
+                        .map(Duration::from_millis)
+                        .ok_or("--rtt-ms takes 1 to 2000")?
+                }
                 "--peer" => peer_name = Some(val()?),
                 "--target" => target = Some(val()?),
                 "--peer-reset" => reset = Some(val()?),
                 "--peer-pids" => pids = Some(val()?),
+                "--peer-spool" => spool = Some(PathBuf::from(val()?)),
+                "--peer-release" => release = Some(val()?),
+                "--peer-concurrency" => {
+                    let c = val()?;
+                    if !c.contains("{n}") {
+                        return Err("--peer-concurrency: the command needs {n}".into());
+                    }
+                    concurrency = Some(c)
+                }
                 "--only" => o.only = Some(val()?),
                 "-h" | "--help" => return Err("help".into()),
                 other => return Err(format!("unknown argument {other}")),
@@ -183,9 +230,18 @@ impl Opts {
                     addr,
                     reset,
                     pids,
+                    spool,
+                    release,
+                    concurrency,
                 });
             }
-            (None, None) => {}
+            (None, None) => {
+                if spool.is_some() || release.is_some() || concurrency.is_some() {
+                    return Err(
+                        "--peer-spool, --peer-release and --peer-concurrency need --peer".into(),
+                    );
+                }
+            }
             _ => return Err("--peer and --target go together".into()),
         }
         Ok(o)
@@ -250,6 +306,8 @@ struct Results {
     texts: HashMap<String, BTreeMap<Who, String>>,
     /// Distinct notes, each with a total of the events it counts (0: none).
     notes: Vec<(String, usize)>,
+    /// The block devices whose writes are counted, described for the report.
+    devices: Vec<String>,
 }
 
 impl Results {
@@ -308,10 +366,17 @@ fn run(o: &Opts) -> Result<(), String> {
     let started = SystemTime::now();
     let load_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let sink = Sink::start(o.sink_port)?;
-    eprintln!("bench: sink smarthost on {}", sink.addr);
+    // Every relay case reaches the sink through the proxy (delay 0 but in the
+    // wan cases), picorelay and the peer alike: both pay the same extra hop.
+    let proxy = Proxy::start(o.proxy_port, sink.addr)?;
+    eprintln!(
+        "bench: sink smarthost on {}, proxy in front of it on {}",
+        sink.addr, proxy.addr
+    );
     let b = Budget::new(o.quick);
     let mut res = Results::default();
     let case_on = |name: &str| o.only.as_deref().map_or(true, |s| name.contains(s));
+    let devs = Devices::find(o, &mut res);
 
     // Static facts, measured once.
     let size = fs::metadata(&o.bin).map_err(|e| e.to_string())?.len();
@@ -339,16 +404,7 @@ fn run(o: &Opts) -> Result<(), String> {
         );
         res.add(Who::Us, "idle processes", "count", n as f64);
         relay.stop();
-        if let Some(cmd) = o.peer.as_ref().and_then(|p| p.pids.as_ref()) {
-            let out = Command::new("sh").arg("-c").arg(cmd).output();
-            let pids: Vec<u32> = out
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .filter_map(|p| p.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+        if let Some(pids) = o.peer.as_ref().and_then(peer_pids) {
             let (pss, n) = pss_sum(&pids);
             res.add(
                 Who::Peer,
@@ -407,14 +463,23 @@ fn run(o: &Opts) -> Result<(), String> {
             };
             // Every client gets a worker, as every client gets an smtpd from Postfix
             // (its process limit is 100): the load cases measure throughput, not refusals.
-            let relay = Relay::start(o, None, LOAD_WORKERS)?;
+            let mut relay = Relay::start(o, None, LOAD_WORKERS)?;
+            let c0 = cost_start(devs.us.as_ref(), relay.cpu_ticks());
             let r = spec.run(relay.addr, &format!("a{run}-{clients}-{size}-{reuse}"));
+            let cpu = relay.cpu_ticks();
+            relay.halt();
+            let io = devs.us.as_ref().and_then(BlockDev::writes);
             relay.stop();
             report_accept(&mut res, Who::Us, &name, &r, clients > 1 || reuse);
+            report_cost(&mut res, Who::Us, &name, r.lat.len(), &c0, io, cpu);
             if let Some(p) = &o.peer {
                 peer_reset(p, &mut res);
+                let c0 = cost_start(devs.peer.as_ref(), peer_cpu(p));
                 let r = spec.run(p.addr, &format!("pa{run}-{clients}-{size}-{reuse}"));
+                let cpu = peer_cpu(p);
+                let io = devs.peer.as_ref().and_then(BlockDev::writes);
                 report_accept(&mut res, Who::Peer, &name, &r, clients > 1 || reuse);
+                report_cost(&mut res, Who::Peer, &name, r.lat.len(), &c0, io, cpu);
             }
         }
         for clients in [1, 20] {
@@ -437,20 +502,30 @@ fn run(o: &Opts) -> Result<(), String> {
                 max_time: b.e2e_time,
                 hold: false,
             };
-            let relay = Relay::start(o, Some(sink.addr), LOAD_WORKERS)?;
+            let mut relay = Relay::start(o, Some(proxy.addr), LOAD_WORKERS)?;
+            let c0 = cost_start(devs.us.as_ref(), relay.cpu_ticks());
             let tag = format!("e{run}-{clients}");
             let r = spec.run(relay.addr, &tag);
             let d = sink.wait(&tag, &r, b.e2e_wait);
+            let cpu = relay.cpu_ticks();
+            relay.halt();
+            let io = devs.us.as_ref().and_then(BlockDev::writes);
             relay.stop();
             report_e2e(&mut res, Who::Us, &name, &r, &d);
+            report_cost(&mut res, Who::Us, &name, r.lat.len(), &c0, io, cpu);
             if let Some(p) = &o.peer {
                 peer_reset(p, &mut res);
+                let c0 = cost_start(devs.peer.as_ref(), peer_cpu(p));
                 let tag = format!("pe{run}-{clients}");
                 let r = spec.run(p.addr, &tag);
                 let d = sink.wait(&tag, &r, b.e2e_wait);
+                let cpu = peer_cpu(p);
+                let io = devs.peer.as_ref().and_then(BlockDev::writes);
                 report_e2e(&mut res, Who::Peer, &name, &r, &d);
+                report_cost(&mut res, Who::Peer, &name, r.lat.len(), &c0, io, cpu);
             }
         }
+        wan_cases(o, &case_on, &sink, &proxy, run, &mut res)?;
         if case_on("rss") {
             memory_cases(o, &mut res)?;
         }
@@ -475,6 +550,341 @@ fn run(o: &Opts) -> Result<(), String> {
         eprintln!("bench: wrote {}", out.display());
     }
     Ok(())
+}
+
+/// The block devices holding picorelay's spool and the peer's queue.
+struct Devices {
+    us: Option<BlockDev>,
+    peer: Option<BlockDev>,
+}
+
+impl Devices {
+    /// find looks them up once and describes them for the report (or notes why not).
+    fn find(o: &Opts, res: &mut Results) -> Devices {
+        let mut find = |who: &str, p: &Path| match BlockDev::of(p) {
+            Ok(d) => {
+                res.devices
+                    .push(format!("{who} {}: {}", p.display(), d.describe()));
+                Some(d)
+            }
+            Err(e) => {
+                res.note(format!("{who}: block-device writes not counted: {e}"));
+                None
+            }
+        };
+        let us = find("picorelay's spools under", &o.base);
+        let peer = match &o.peer {
+            Some(Peer {
+                spool: Some(sp),
+                name,
+                ..
+            }) => find(&format!("{name}'s queue"), sp),
+            Some(p) => {
+                res.note(format!(
+                    "{}: block-device writes not counted (no --peer-spool)",
+                    p.name
+                ));
+                None
+            }
+            None => None,
+        };
+        Devices { us, peer }
+    }
+}
+
+/// Messages of the wan backlog (`--quick`: fewer).
+const WAN_MSGS: usize = 1000;
+const WAN_MSGS_QUICK: usize = 200;
+
+/// Clients that queue the wan backlog, each over one session.
+const WAN_CLIENTS: usize = 4;
+
+/// Connections Postfix opens to one destination by default
+/// (smtp_destination_concurrency_limit = default_destination_concurrency_limit).
+const PEER_DEFAULT_CONCURRENCY: usize = 20;
+
+/// How one wan drain went.
+struct WanRun {
+    queued: usize,
+    delivered: usize,
+    /// From the start of the drain (relay spawned, or the peer's release) to the last at the sink.
+    span: Duration,
+    data: usize,
+    bdat: usize,
+    /// Most connections at once through the proxy.
+    peak: usize,
+}
+
+/// wan_cases drains a backlog of 4 KiB messages through the proxy at the
+/// round trip of --rtt-ms: picorelay with DATA and BDAT at 3 connections and
+/// BDAT at 20, the peer at 3 and 20 (Postfix never sends BDAT, so its
+/// 3-connection drain stands in both 3-connection rows).
+fn wan_cases(
+    o: &Opts,
+    case_on: &dyn Fn(&str) -> bool,
+    sink: &Sink,
+    proxy: &Proxy,
+    run: usize,
+    res: &mut Results,
+) -> Result<(), String> {
+    let n = if o.quick { WAN_MSGS_QUICK } else { WAN_MSGS };
+    let rtt_ms = o.rtt.as_millis();
+    let variants = [
+        (false, 3, "sink without CHUNKING (DATA)"),
+        (true, 3, "sink with CHUNKING (BDAT)"),
+        (true, 20, "sink with CHUNKING (BDAT)"),
+    ];
+    let mut peer_runs: HashMap<usize, Option<WanRun>> = HashMap::new();
+    let mut peer_changed = false;
+    let mut result = Ok(());
+    for (chunking, c, how) in variants {
+        let name =
+            format!("wan drain, {n} × 4 KiB queued, RTT {rtt_ms} ms, {c} connections, {how}");
+        if !case_on(&name) {
+            continue;
+        }
+        eprintln!("bench: {name}");
+        let tag = format!("w{run}-{c}-{chunking}");
+        let us = wan_us(o, sink, proxy, &tag, n, chunking, c);
+        sink.chunking.store(false, Ordering::SeqCst);
+        proxy.set_delay(Duration::ZERO);
+        match us {
+            Ok(w) => report_wan(res, Who::Us, &name, c, o.rtt, &w, chunking),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        let Some(p) = &o.peer else { continue };
+        if let Entry::Vacant(slot) = peer_runs.entry(c) {
+            peer_changed |= p.concurrency.is_some();
+            let w = wan_peer(p, sink, proxy, &format!("pw{run}-{c}"), n, c, o.rtt, res);
+            proxy.set_delay(Duration::ZERO);
+            slot.insert(w);
+        }
+        if let Some(Some(w)) = peer_runs.get(&c) {
+            report_wan(res, Who::Peer, &name, c, o.rtt, w, false);
+        }
+    }
+    if peer_changed {
+        if let Some(p) = &o.peer {
+            peer_concurrency(p, PEER_DEFAULT_CONCURRENCY, res);
+        }
+    }
+    result
+}
+
+/// wan_us queues `n` messages into picorelay in hold mode, stops it, and
+/// starts it again on the same spool with the proxy as its smarthost and
+/// `c` connections: the drain is timed from that start to the last message
+/// at the sink.
+#[allow(clippy::too_many_arguments)]
+fn wan_us(
+    o: &Opts,
+    sink: &Sink,
+    proxy: &Proxy,
+    tag: &str,
+    n: usize,
+    chunking: bool,
+    c: usize,
+) -> Result<WanRun, String> {
+    let relay = Relay::start(o, None, "")?;
+    let r = wan_backlog(n).run(relay.addr, tag);
+    let dir = relay.into_dir();
+    if let Some(e) = &r.first_error {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(format!("wan: queueing the backlog: {e}"));
+    }
+    let queued = r.lat.len();
+    sink.chunking.store(chunking, Ordering::SeqCst);
+    proxy.set_delay(o.rtt / 2);
+    proxy.reset_peak();
+    let extra = format!("max_connections = {c}");
+    let setup = Setup {
+        smarthost: Some(proxy.addr),
+        smarthost_extra: &extra,
+        ..Setup::default()
+    };
+    let t0 = Instant::now();
+    let relay = match Relay::start_in(&o.bin, dir.clone(), &setup) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let (seen, (data, bdat)) = sink.wait_for(tag, queued, wan_limit(queued, c, o.rtt));
+    let peak = proxy.peak();
+    relay.stop();
+    Ok(WanRun {
+        queued,
+        delivered: seen.len(),
+        span: seen
+            .values()
+            .max()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
+        data,
+        bdat,
+        peak,
+    })
+}
+
+/// wan_peer queues `n` messages into the peer, held (X-Bench-Hold), sets its
+/// connections to `c`, releases them and times the drain to the last at the
+/// sink. None (with a note) when the peer lacks a release command or fails.
+#[allow(clippy::too_many_arguments)]
+fn wan_peer(
+    p: &Peer,
+    sink: &Sink,
+    proxy: &Proxy,
+    tag: &str,
+    n: usize,
+    c: usize,
+    rtt: Duration,
+    res: &mut Results,
+) -> Option<WanRun> {
+    let Some(release) = &p.release else {
+        res.note(format!("{}: wan cases skipped (no --peer-release)", p.name));
+        return None;
+    };
+    peer_reset(p, res);
+    if p.concurrency.is_some() {
+        peer_concurrency(p, c, res);
+    } else if c != PEER_DEFAULT_CONCURRENCY {
+        res.note(format!(
+            "{}: wan at {c} connections ran at the peer's own setting (no --peer-concurrency)",
+            p.name
+        ));
+    }
+    let r = wan_backlog(n).run(p.addr, tag);
+    if let Some(e) = &r.first_error {
+        res.note(format!("{} wan: queueing the backlog: {e}", p.name));
+    }
+    let queued = r.lat.len();
+    proxy.set_delay(rtt / 2);
+    proxy.reset_peak();
+    let t0 = Instant::now();
+    match Command::new("sh").arg("-c").arg(release).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            res.note(format!("{}: release `{release}`: {other:?}", p.name));
+            return None;
+        }
+    }
+    let (seen, (data, bdat)) = sink.wait_for(tag, queued, wan_limit(queued, c, rtt));
+    Some(WanRun {
+        queued,
+        delivered: seen.len(),
+        span: seen
+            .values()
+            .max()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
+        data,
+        bdat,
+        peak: proxy.peak(),
+    })
+}
+
+/// wan_backlog is the load that queues the backlog: 4 clients, one session
+/// each, messages carrying X-Bench-Hold (the peer holds them until released).
+fn wan_backlog(n: usize) -> Load {
+    Load {
+        clients: WAN_CLIENTS,
+        size: 4096,
+        per_conn: usize::MAX,
+        max_each: n.div_ceil(WAN_CLIENTS),
+        max_time: Duration::from_secs(300),
+        hold: true,
+    }
+}
+
+/// wan_limit is how long a drain may take: a minute plus four round trips
+/// per message and connection (the delivered span is what is reported).
+fn wan_limit(n: usize, c: usize, rtt: Duration) -> Duration {
+    Duration::from_secs(60) + rtt * 4 * n as u32 / c.max(1) as u32
+}
+
+/// peer_concurrency runs --peer-concurrency with `{n}` = c, then gives the
+/// peer a moment to take it (Postfix: a reload restarts its queue manager).
+fn peer_concurrency(p: &Peer, c: usize, res: &mut Results) {
+    let Some(cmd) = &p.concurrency else { return };
+    let cmd = cmd.replace("{n}", &c.to_string());
+    match Command::new("sh").arg("-c").arg(&cmd).status() {
+        Ok(s) if s.success() => {}
+        other => res.note(format!("{}: `{cmd}`: {other:?}", p.name)),
+    }
+    thread::sleep(Duration::from_secs(2));
+}
+
+fn report_wan(
+    res: &mut Results,
+    who: Who,
+    name: &str,
+    c: usize,
+    rtt: Duration,
+    w: &WanRun,
+    expect_bdat: bool,
+) {
+    let rate = w.delivered as f64 / w.span.as_secs_f64().max(1e-9);
+    let ceiling = c as f64 / rtt.as_secs_f64();
+    eprintln!(
+        "  {who:?}: {} queued, {} at the sink in {:.2} s: {:.1} msgs/s ({:.0} % of {c} / RTT = {:.0}); \
+         DATA {}, BDAT {}; at most {} connections at once",
+        w.queued,
+        w.delivered,
+        w.span.as_secs_f64(),
+        rate,
+        100.0 * rate / ceiling,
+        ceiling,
+        w.data,
+        w.bdat,
+        w.peak
+    );
+    if w.delivered < w.queued {
+        res.note_n(
+            format!("{name} ({who:?}): queued but not at the sink in time"),
+            w.queued - w.delivered,
+        );
+    }
+    let (want, got, other) = if expect_bdat {
+        ("BDAT", w.bdat, w.data)
+    } else {
+        ("DATA", w.data, w.bdat)
+    };
+    if got != w.delivered || other > 0 {
+        res.note(format!(
+            "{name} ({who:?}): expected every message by {want}; the sink got {} by DATA, {} by BDAT",
+            w.data, w.bdat
+        ));
+    }
+    if w.peak != c {
+        res.note(format!(
+            "{name} ({who:?}): {} connections at once at the proxy, not {c}",
+            w.peak
+        ));
+    }
+    if w.delivered == 0 {
+        return;
+    }
+    res.add(who, &format!("{name}: drained"), "msgs/s", rate);
+    res.add(
+        who,
+        &format!("{name}: ceiling at one round trip per message, connections / RTT"),
+        "msgs/s",
+        ceiling,
+    );
+    res.add(
+        who,
+        &format!("{name}: fraction of connections / RTT reached"),
+        "%",
+        100.0 * rate / ceiling,
+    );
+    res.add(
+        who,
+        &format!("{name}: round trips per message, connections / (rate × RTT)"),
+        "RTT/msg",
+        ceiling / rate,
+    );
 }
 
 fn peer_reset(p: &Peer, res: &mut Results) {
@@ -547,6 +957,16 @@ fn report_e2e(res: &mut Results, who: Who, name: &str, r: &LoadResult, d: &Deliv
             format!("{name} ({who:?}): accepted but not at the sink in time"),
             r.lat.len() - d.lat.len(),
         );
+    }
+    // The sink offers no CHUNKING in these cases; a count above the distinct
+    // messages is a message sent twice.
+    if d.bdat > 0 || d.data + d.bdat != d.lat.len() {
+        res.note(format!(
+            "{name} ({who:?}): the sink got {} by DATA and {} by BDAT for {} distinct messages",
+            d.data,
+            d.bdat,
+            d.lat.len()
+        ));
     }
     if d.lat.is_empty() {
         return;
@@ -1485,6 +1905,19 @@ struct Relay {
     dir: PathBuf,
     addr: SocketAddr,
     startup: Duration,
+    /// Leave the directory in place when dropped (a spool handed on to a next relay).
+    keep_dir: bool,
+}
+
+/// What a relay's config holds besides the bench's defaults.
+#[derive(Default)]
+struct Setup<'a> {
+    /// The smarthost (`tls = none`); None: hold mode.
+    smarthost: Option<SocketAddr>,
+    /// Extra `[server]` lines, e.g. "workers = 24".
+    server: &'a str,
+    /// Extra `[smarthost]` lines, e.g. "max_connections = 20".
+    smarthost_extra: &'a str,
 }
 
 impl Relay {
@@ -1501,32 +1934,37 @@ impl Relay {
         smarthost: Option<SocketAddr>,
         extra: &str,
     ) -> Result<Relay, String> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = o.base.join(format!(
-            "picorelay-bench-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let setup = Setup {
+            smarthost,
+            server: extra,
+            ..Setup::default()
+        };
+        Relay::start_in(bin, new_dir(o)?, &setup)
+    }
+
+    /// start_in runs the binary in `dir`, which may hold the spool of a relay
+    /// that ran there before (the wan cases queue in hold mode, then deliver).
+    fn start_in(bin: &Path, dir: PathBuf, setup: &Setup) -> Result<Relay, String> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let smarthost = match smarthost {
-            Some(s) => format!("host = {s}\ntls = none\n"),
+        let smarthost = match setup.smarthost {
+            Some(s) => format!("host = {s}\ntls = none\n{}\n", setup.smarthost_extra),
             None => String::new(),
         };
+        let extra = setup.server;
         // workers = 16 (the default) unless the case sets its own.
         let workers = if extra.contains("workers") {
             ""
         } else {
             "workers = 16\n"
         };
+        let level = std::env::var("PICORELAY_BENCH_LOG").unwrap_or_else(|_| "info".into());
         let cfg = format!(
             "[server]\nlisten = {addr}\nhostname = bench.test\n{workers}\
              max_message_size = 20M\n{extra}\n\
              [smarthost]\n{smarthost}\n\
              [queue]\ndir = {}\nmax_size = 50G\n\n\
-             [log]\nlevel = info\nfile = {}\n",
+             [log]\nlevel = {level}\nfile = {}\n",
             dir.join("spool").display(),
             dir.join("picorelay.log").display()
         );
@@ -1548,6 +1986,7 @@ impl Relay {
             dir,
             addr,
             startup: Duration::ZERO,
+            keep_dir: false,
         };
         let deadline = t + Duration::from_secs(10);
         loop {
@@ -1580,8 +2019,26 @@ impl Relay {
         proc_status(self.pid())
     }
 
+    /// cpu_ticks returns the relay's utime + stime (all its threads), in clock ticks.
+    fn cpu_ticks(&self) -> Option<u64> {
+        proc_cpu_ticks(self.pid(), false)
+    }
+
     /// stop sends SIGTERM, waits for the clean shutdown (bounded), removes the directory.
     fn stop(mut self) {
+        self.halt();
+    }
+
+    /// into_dir stops the relay and hands over its directory (spool included).
+    fn into_dir(mut self) -> PathBuf {
+        self.halt();
+        self.keep_dir = true;
+        self.dir.clone()
+    }
+
+    /// halt sends SIGTERM and waits for the clean shutdown (bounded); the
+    /// directory stays until the Relay is dropped.
+    fn halt(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -1605,13 +2062,26 @@ impl Relay {
     }
 }
 
+/// new_dir makes a fresh, empty directory for one relay under the bench base.
+fn new_dir(o: &Opts) -> Result<PathBuf, String> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = o.base.join(format!(
+        "picorelay-bench-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::env::var_os("PICORELAY_BENCH_KEEP").is_none() {
+        if !self.keep_dir && std::env::var_os("PICORELAY_BENCH_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
@@ -1647,6 +2117,187 @@ fn pss_sum(pids: &[u32]) -> (u64, usize) {
         }
     }
     (total, n)
+}
+
+// ---------------------------------------------------------------------------
+// What a case costs the machine: block-device writes and CPU time.
+
+/// The block device a spool lives on, found through its st_dev.
+struct BlockDev {
+    /// Kernel name, e.g. "vda" or "mmcblk0p2" (a partition has its own counters).
+    name: String,
+    /// "MAJ:MIN".
+    majmin: String,
+    /// /sys/dev/block/MAJ:MIN/stat.
+    stat: PathBuf,
+}
+
+impl BlockDev {
+    /// of finds the device holding `p`; Err (why) when it has none that the
+    /// kernel counts, e.g. tmpfs or btrfs (st_dev major 0).
+    fn of(p: &Path) -> Result<BlockDev, String> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .dev();
+        // glibc's gnu_dev_major / gnu_dev_minor.
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let majmin = format!("{major}:{minor}");
+        if major == 0 {
+            return Err(format!(
+                "{} is on a filesystem without a block device (st_dev {majmin}, e.g. tmpfs)",
+                p.display()
+            ));
+        }
+        let sys = PathBuf::from(format!("/sys/dev/block/{majmin}"));
+        let stat = sys.join("stat");
+        if !stat.is_file() {
+            return Err(format!(
+                "{}: no {} for its device {majmin}",
+                p.display(),
+                stat.display()
+            ));
+        }
+        let name = fs::read_to_string(sys.join("uevent"))
+            .ok()
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME="))
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                fs::read_link(&sys)
+                    .ok()
+                    .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            })
+            .unwrap_or_else(|| majmin.clone());
+        Ok(BlockDev { name, majmin, stat })
+    }
+
+    /// writes syncs every filesystem, then reads (write I/Os completed,
+    /// 512-byte sectors written): fields 5 and 7 of the device's stat file.
+    fn writes(&self) -> Option<(u64, u64)> {
+        // SAFETY: sync() takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let text = fs::read_to_string(&self.stat).ok()?;
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        Some((*f.get(4)?, *f.get(6)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({}, {})", self.name, self.majmin, self.stat.display())
+    }
+}
+
+/// Counters at the start of a case.
+struct CostStart {
+    io: Option<(u64, u64)>,
+    cpu: Option<u64>,
+}
+
+/// cost_start reads the device's writes (after a sync), then the CPU ticks.
+fn cost_start(dev: Option<&BlockDev>, cpu: Option<u64>) -> CostStart {
+    CostStart {
+        io: dev.and_then(BlockDev::writes),
+        cpu,
+    }
+}
+
+/// report_cost adds write I/Os, KB written and CPU per message accepted:
+/// `io` and `cpu` are the counters at the end, read as the case defines it.
+fn report_cost(
+    res: &mut Results,
+    who: Who,
+    name: &str,
+    msgs: usize,
+    start: &CostStart,
+    io: Option<(u64, u64)>,
+    cpu: Option<u64>,
+) {
+    if msgs == 0 {
+        return;
+    }
+    let n = msgs as f64;
+    if let (Some((ios0, sec0)), Some((ios1, sec1))) = (start.io, io) {
+        res.add(
+            who,
+            &format!("{name}: write I/Os per message at the block device"),
+            "I/Os/msg",
+            ios1.saturating_sub(ios0) as f64 / n,
+        );
+        res.add(
+            who,
+            &format!("{name}: written per message at the block device (KB = 1000 bytes)"),
+            "KB/msg",
+            sec1.saturating_sub(sec0) as f64 * 512.0 / 1000.0 / n,
+        );
+    }
+    if let (Some(c0), Some(c1)) = (start.cpu, cpu) {
+        res.add(
+            who,
+            &format!("{name}: CPU (user + system) per 1000 messages"),
+            "CPU ms/1000 msgs",
+            c1.saturating_sub(c0) as f64 * 1000.0 / clock_ticks() as f64 * 1000.0 / n,
+        );
+    }
+}
+
+/// clock_ticks is the unit of /proc/PID/stat's times (sysconf(_SC_CLK_TCK)).
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// proc_cpu_ticks reads utime + stime of a process (all its threads), with
+/// `children`: plus cutime + cstime (its reaped children). Fields 14 to 17 of
+/// /proc/PID/stat, counted after the command name's closing parenthesis.
+fn proc_cpu_ticks(pid: u32, children: bool) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    // rest's first field is field 3 (state).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let own = field(14)? + field(15)?;
+    Some(if children {
+        own + field(16)? + field(17)?
+    } else {
+        own
+    })
+}
+
+/// peer_pids runs the peer's --peer-pids command: its process ids.
+fn peer_pids(p: &Peer) -> Option<Vec<u32>> {
+    let cmd = p.pids.as_ref()?;
+    let out = Command::new("sh").arg("-c").arg(cmd).output().ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    )
+}
+
+/// peer_cpu sums utime + stime + cutime + cstime over the peer's processes
+/// (Postfix's master reaps its short-lived children: their time is its cutime).
+fn peer_cpu(p: &Peer) -> Option<u64> {
+    let pids = peer_pids(p)?;
+    if pids.is_empty() {
+        return None;
+    }
+    Some(
+        pids.iter()
+            .filter_map(|&pid| proc_cpu_ticks(pid, true))
+            .sum(),
+    )
 }
 
 /// free_port asks the kernel for a free loopback port (released at once; the
@@ -1948,11 +2599,29 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<(u16, String)> {
 // The sink smarthost.
 
 /// A plain SMTP server on loopback that answers 250 to everything and notes
-/// when each message (by its X-Bench-Seq header) arrived.
+/// when each message (by its X-Bench-Seq header) arrived, and whether it came
+/// by DATA or by BDAT.
 struct Sink {
     addr: SocketAddr,
-    seen: Arc<Mutex<HashMap<String, HashMap<u64, Instant>>>>,
+    state: Arc<Mutex<SinkState>>,
+    /// Offer CHUNKING (RFC 3030) in the EHLO reply; BDAT is taken either way.
+    chunking: Arc<AtomicBool>,
 }
+
+/// What the sink noted, by the tag of X-Bench-Seq.
+#[derive(Default)]
+struct SinkState {
+    /// seq → arrival of the end of the message.
+    seen: HashMap<String, HashMap<u64, Instant>>,
+    /// Messages that came (by DATA, by BDAT).
+    how: HashMap<String, (usize, usize)>,
+}
+
+/// The first bytes of a BDAT message kept to find X-Bench-Seq in its header.
+const SINK_HEAD: usize = 64 * 1024;
+
+/// Largest BDAT chunk the sink reads (its SIZE).
+const SINK_MAX_CHUNK: usize = 104_857_600;
 
 /// What reached the sink from one load.
 struct Delivered {
@@ -1960,6 +2629,9 @@ struct Delivered {
     lat: Vec<Duration>,
     /// From the start of the load to the last arrival.
     span: Duration,
+    /// Messages of the tag that came by DATA and by BDAT.
+    data: usize,
+    bdat: usize,
 }
 
 impl Sink {
@@ -1967,9 +2639,10 @@ impl Sink {
         let l = TcpListener::bind(("127.0.0.1", port))
             .map_err(|e| format!("sink cannot listen on 127.0.0.1:{port}: {e}"))?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
-        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let state = Arc::new(Mutex::new(SinkState::default()));
+        let chunking = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
-        let s2 = Arc::clone(&seen);
+        let (s2, c2) = (Arc::clone(&state), Arc::clone(&chunking));
         thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
@@ -1978,36 +2651,24 @@ impl Sink {
                     let _ = (&c).write_all(b"421 4.3.2 sink busy\r\n");
                     continue;
                 }
-                let (seen, active) = (Arc::clone(&s2), Arc::clone(&active));
+                let (state, active, chunking) =
+                    (Arc::clone(&s2), Arc::clone(&active), Arc::clone(&c2));
                 thread::spawn(move || {
-                    let _ = sink_session(c, &seen);
+                    let _ = sink_session(c, &state, &chunking);
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(Sink { addr, seen })
+        Ok(Sink {
+            addr,
+            state,
+            chunking,
+        })
     }
 
     /// wait until every message accepted in `r` reached the sink, or `limit` passed.
     fn wait(&self, tag: &str, r: &LoadResult, limit: Duration) -> Delivered {
-        let deadline = Instant::now() + limit;
-        let mut last_count = 0;
-        let mut last_progress = Instant::now();
-        loop {
-            let n = lock(&self.seen).get(tag).map_or(0, |m| m.len());
-            if n >= r.accepted.len() || Instant::now() > deadline {
-                break;
-            }
-            // Nothing at all for a while: forwarding is not happening.
-            if n != last_count {
-                last_count = n;
-                last_progress = Instant::now();
-            } else if last_progress.elapsed() > limit / 3 {
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        let seen = lock(&self.seen).remove(tag).unwrap_or_default();
+        let (seen, (data, bdat)) = self.wait_for(tag, r.accepted.len(), limit);
         let mut lat = Vec::new();
         let mut last = r.start;
         for (seq, acc) in &r.accepted {
@@ -2019,20 +2680,92 @@ impl Sink {
         Delivered {
             lat,
             span: last - r.start,
+            data,
+            bdat,
         }
+    }
+
+    /// wait_for waits until `want` messages of `tag` are at the sink, or
+    /// `limit` passed, or nothing came for a third of it; then takes (and
+    /// forgets) what the sink noted for the tag: arrivals by seq, (DATA, BDAT).
+    fn wait_for(
+        &self,
+        tag: &str,
+        want: usize,
+        limit: Duration,
+    ) -> (HashMap<u64, Instant>, (usize, usize)) {
+        let deadline = Instant::now() + limit;
+        let mut last_count = 0;
+        let mut last_progress = Instant::now();
+        loop {
+            let n = lock(&self.state).seen.get(tag).map_or(0, |m| m.len());
+            if n >= want || Instant::now() > deadline {
+                break;
+            }
+            // Nothing at all for a while: forwarding is not happening.
+            if n != last_count {
+                last_count = n;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > limit / 3 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let mut st = lock(&self.state);
+        (
+            st.seen.remove(tag).unwrap_or_default(),
+            st.how.remove(tag).unwrap_or_default(),
+        )
     }
 }
 
-fn sink_session(
-    c: TcpStream,
-    seen: &Mutex<HashMap<String, HashMap<u64, Instant>>>,
-) -> io::Result<()> {
+/// bench_seq reads the tag and seq of an `X-Bench-Seq: TAG N` header line.
+fn bench_seq(line: &[u8]) -> Option<(String, u64)> {
+    if line.len() <= 12 || !line[..12].eq_ignore_ascii_case(b"x-bench-seq:") {
+        return None;
+    }
+    let v = String::from_utf8_lossy(&line[12..]).to_string();
+    let mut it = v.split_whitespace();
+    Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+}
+
+/// head_seq finds X-Bench-Seq in the header of a message's first bytes.
+fn head_seq(head: &[u8]) -> Option<(String, u64)> {
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            return None;
+        }
+        if let Some(k) = bench_seq(line) {
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// sink_record notes a complete message.
+fn sink_record(state: &Mutex<SinkState>, key: Option<(String, u64)>, bdat: bool) {
+    let now = Instant::now();
+    if let Some((t, n)) = key {
+        let mut st = lock(state);
+        let how = st.how.entry(t.clone()).or_default();
+        if bdat {
+            how.1 += 1;
+        } else {
+            how.0 += 1;
+        }
+        st.seen.entry(t).or_default().insert(n, now);
+    }
+}
+
+fn sink_session(c: TcpStream, state: &Mutex<SinkState>, chunking: &AtomicBool) -> io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut w = io::BufWriter::new(c.try_clone()?);
     let mut r = BufReader::with_capacity(64 * 1024, c);
     w.write_all(b"220 sink.bench.test ESMTP bench sink\r\n")?;
     w.flush()?;
     let mut line = Vec::with_capacity(1024);
+    // The first bytes of the message being sent by BDAT, over its chunks.
+    let mut head: Vec<u8> = Vec::new();
     loop {
         line.clear();
         if r.by_ref()
@@ -2047,14 +2780,59 @@ fn sink_session(
             .map(|v| v.to_ascii_uppercase())
             .unwrap_or_default();
         match &verb[..] {
-            b"EHLO" => w.write_all(
-                b"250-sink.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-                  250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n",
-            )?,
+            b"EHLO" => {
+                w.write_all(b"250-sink.bench.test\r\n250-PIPELINING\r\n")?;
+                if chunking.load(Ordering::SeqCst) {
+                    w.write_all(b"250-CHUNKING\r\n")?;
+                }
+                w.write_all(
+                    b"250-8BITMIME\r\n250-SMTPUTF8\r\n\
+                      250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n",
+                )?
+            }
             b"QUIT" => {
                 w.write_all(b"221 2.0.0 bye\r\n")?;
                 w.flush()?;
                 return Ok(());
+            }
+            b"MAIL" | b"RSET" => {
+                head.clear();
+                w.write_all(b"250 2.0.0 ok\r\n")?
+            }
+            b"BDAT" => {
+                // RFC 3030 2: BDAT <size> [LAST], then exactly <size> octets, no dot handling.
+                let text = String::from_utf8_lossy(&line).to_string();
+                let mut it = text.split_whitespace().skip(1);
+                let size = it
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&n| n <= SINK_MAX_CHUNK);
+                let last = it.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let Some(size) = size else {
+                    // Without a valid size the chunk's end cannot be found: give up the session.
+                    w.write_all(b"501 5.5.4 BDAT needs a size\r\n")?;
+                    w.flush()?;
+                    return Ok(());
+                };
+                let mut left = size;
+                while left > 0 {
+                    let buf = r.fill_buf()?;
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
+                    let k = buf.len().min(left);
+                    let keep = k.min(SINK_HEAD.saturating_sub(head.len()));
+                    head.extend_from_slice(&buf[..keep]);
+                    r.consume(k);
+                    left -= k;
+                }
+                if last {
+                    sink_record(state, head_seq(&head), true);
+                    head.clear();
+                    w.write_all(b"250 2.0.0 ok\r\n")?;
+                } else {
+                    w.write_all(b"250 2.0.0 chunk ok\r\n")?;
+                }
             }
             b"DATA" => {
                 w.write_all(b"354 go ahead\r\n")?;
@@ -2076,23 +2854,12 @@ fn sink_session(
                     if in_header {
                         if line == b"\r\n" || line == b"\n" {
                             in_header = false;
-                        } else if line.len() > 12
-                            && line[..12].eq_ignore_ascii_case(b"x-bench-seq:")
-                        {
-                            let v = String::from_utf8_lossy(&line[12..]).to_string();
-                            let mut it = v.split_whitespace();
-                            if let (Some(t), Some(n)) =
-                                (it.next(), it.next().and_then(|n| n.parse().ok()))
-                            {
-                                key = Some((t.to_string(), n));
-                            }
+                        } else if let Some(k) = bench_seq(&line) {
+                            key = Some(k);
                         }
                     }
                 }
-                let now = Instant::now();
-                if let Some((t, n)) = key {
-                    lock(seen).entry(t).or_default().insert(n, now);
-                }
+                sink_record(state, key, false);
                 w.write_all(b"250 2.0.0 ok\r\n")?;
             }
             _ => w.write_all(b"250 2.0.0 ok\r\n")?,
@@ -2100,6 +2867,236 @@ fn sink_session(
         // Pipelining: answer a batch at once when the client's input is drained.
         if r.buffer().is_empty() {
             w.flush()?;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The latency-injecting proxy between the relays and the sink.
+
+/// Connections the proxy carries at once; more are closed at once.
+const PROXY_MAX_CONNS: usize = 256;
+
+/// Bytes queued per connection and direction; the reader waits when over.
+const PROXY_MAX_QUEUED: usize = 16 << 20;
+
+/// A TCP proxy on 127.0.0.1 in front of the sink that delays every byte by
+/// a one-way delay in each direction (a distant smarthost). Per connection
+/// and direction a reader thread stamps each chunk with its due time and
+/// queues it, a writer thread writes it when due: bytes in flight do not
+/// wait behind each other's delay, so the delay does not cap throughput.
+struct Proxy {
+    addr: SocketAddr,
+    /// One-way delay added in each direction, in µs (0: pass-through).
+    delay_us: Arc<AtomicU64>,
+    /// Connections open now, and the most open at once since reset_peak.
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(port: u16, upstream: SocketAddr) -> Result<Proxy, String> {
+        if !upstream.ip().is_loopback() {
+            return Err(format!("proxy: {upstream} is not a loopback address"));
+        }
+        let l = TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| format!("proxy cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let delay_us = Arc::new(AtomicU64::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (d, a, pk) = (
+            Arc::clone(&delay_us),
+            Arc::clone(&active),
+            Arc::clone(&peak),
+        );
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(down) = c else { continue };
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                // Decrements `active` when the connection's last thread is done.
+                let guard = Arc::new(ConnGuard(Arc::clone(&a)));
+                if n > PROXY_MAX_CONNS {
+                    continue;
+                }
+                pk.fetch_max(n, Ordering::SeqCst);
+                let d = Arc::clone(&d);
+                let _ = thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || proxy_conn(down, upstream, &d, &guard));
+            }
+        });
+        Ok(Proxy {
+            addr,
+            delay_us,
+            active,
+            peak,
+        })
+    }
+
+    /// set_delay sets the one-way delay of each direction (RTT / 2 for an RTT).
+    fn set_delay(&self, d: Duration) {
+        self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// reset_peak starts counting the most connections at once anew.
+    fn reset_peak(&self) {
+        self.peak
+            .store(self.active.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one proxied connection until its last thread lets go of it.
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// proxy_conn connects to the sink and starts both directions.
+fn proxy_conn(down: TcpStream, upstream: SocketAddr, delay: &Arc<AtomicU64>, g: &Arc<ConnGuard>) {
+    let Ok(up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
+        return;
+    };
+    let setup = || -> io::Result<[TcpStream; 4]> {
+        for s in [&down, &up] {
+            // The delay must be the proxy's, not Nagle's.
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(600)))?;
+            s.set_write_timeout(Some(Duration::from_secs(60)))?;
+        }
+        Ok([
+            down.try_clone()?,
+            up.try_clone()?,
+            up.try_clone()?,
+            down.try_clone()?,
+        ])
+    };
+    let Ok([d1, u1, u2, d2]) = setup() else {
+        return;
+    };
+    proxy_pipe(d1, u1, delay, g);
+    proxy_pipe(u2, d2, delay, g);
+}
+
+/// One direction's queue: chunks with their due time.
+#[derive(Default)]
+struct PipeState {
+    chunks: VecDeque<(Instant, Vec<u8>)>,
+    bytes: usize,
+    /// The reader saw EOF: the writer shuts the other side's write half once drained.
+    eof: bool,
+    /// An error on either side: both sockets are shut, the threads end.
+    dead: bool,
+}
+
+/// proxy_pipe carries `from` → `to` with the delay, on a reader and a writer thread.
+fn proxy_pipe(from: TcpStream, to: TcpStream, delay: &Arc<AtomicU64>, g: &Arc<ConnGuard>) {
+    let pipe = Arc::new((Mutex::new(PipeState::default()), Condvar::new()));
+    let kill = |a: &TcpStream, b: &TcpStream| {
+        let _ = a.shutdown(Shutdown::Both);
+        let _ = b.shutdown(Shutdown::Both);
+    };
+    let (Ok(from2), Ok(to2), Ok(from3), Ok(to3)) = (
+        from.try_clone(),
+        to.try_clone(),
+        from.try_clone(),
+        to.try_clone(),
+    ) else {
+        kill(&from, &to);
+        return;
+    };
+    let reader = {
+        let (pipe, delay, g) = (Arc::clone(&pipe), Arc::clone(delay), Arc::clone(g));
+        move || {
+            let _g = g;
+            let (q, cv) = &*pipe;
+            let mut from = from;
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = match from.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        kill(&from, &to);
+                        lock(q).dead = true;
+                        cv.notify_all();
+                        return;
+                    }
+                };
+                let mut st = lock(q);
+                if n == 0 {
+                    st.eof = true;
+                    cv.notify_all();
+                    return;
+                }
+                buf.truncate(n);
+                let due = Instant::now() + Duration::from_micros(delay.load(Ordering::SeqCst));
+                while st.bytes > PROXY_MAX_QUEUED && !st.dead {
+                    st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.dead {
+                    return;
+                }
+                st.bytes += n;
+                st.chunks.push_back((due, buf));
+                cv.notify_all();
+            }
+        }
+    };
+    let writer = {
+        let (pipe, g) = (Arc::clone(&pipe), Arc::clone(g));
+        move || {
+            let _g = g;
+            let (q, cv) = &*pipe;
+            let mut to = to2;
+            loop {
+                let mut st = lock(q);
+                while st.chunks.is_empty() && !st.eof && !st.dead {
+                    st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.dead {
+                    return;
+                }
+                let Some((due, chunk)) = st.chunks.pop_front() else {
+                    // EOF and everything written: pass the EOF on.
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                };
+                st.bytes -= chunk.len();
+                cv.notify_all();
+                drop(st);
+                let wait = due.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    thread::sleep(wait);
+                }
+                if to.write_all(&chunk).is_err() {
+                    kill(&from2, &to);
+                    lock(q).dead = true;
+                    cv.notify_all();
+                    return;
+                }
+            }
+        }
+    };
+    for f in [
+        Box::new(reader) as Box<dyn FnOnce() + Send>,
+        Box::new(writer),
+    ] {
+        if thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(f)
+            .is_err()
+        {
+            kill(&from3, &to3);
+            lock(&pipe.0).dead = true;
+            pipe.1.notify_all();
         }
     }
 }
@@ -2202,11 +3199,21 @@ fn render(o: &Opts, res: &Results, started: SystemTime, before: &str, after: &st
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if !res.devices.is_empty() {
+        let _ = writeln!(
+            s,
+            "- block devices counted (write I/Os and sectors written, `sync` before and after \
+             each case, nothing subtracted; the whole device, other writers included): {}",
+            res.devices.join("; ")
+        );
+    }
     let _ = writeln!(
         s,
         "- cells: median (min–max) over the runs; accept cases run in hold mode (no smarthost), \
-         relay cases forward to the built-in sink; each picorelay case starts a fresh relay \
-         with an empty spool\n"
+         relay cases forward to the built-in sink through the bench's proxy (no delay), wan \
+         cases drain a queued backlog through the proxy at RTT {} ms; each picorelay case \
+         starts a fresh relay with an empty spool\n",
+        o.rtt.as_millis()
     );
     match &o.peer {
         Some(p) => {
