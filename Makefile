@@ -136,7 +136,10 @@ size: release
 	@ls -l $(RELEASE_BIN) | awk '{ printf "stripped release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
 
 # Loads the release binary on loopback with a built-in sink smarthost and
-# writes BENCHMARKS.md. `make bench BENCH_ARGS=--quick` for a short run;
+# writes BENCHMARKS.md: rates, latencies, memory, and per message the write
+# I/Os and KB at the spool's block device and the CPU time; the wan cases
+# drain a backlog through a proxy that adds 40 ms RTT (BENCH_ARGS='--only wan
+# --no-write' for them alone). `make bench BENCH_ARGS=--quick` for a short run;
 # bench/peers/postfix.sh runs the same loads against Postfix side by side.
 # After `make static`, the static build's size and idle memory are added.
 # BENCH_ARGS='--only pressure --no-write': the worker pool under attack alone

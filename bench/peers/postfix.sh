@@ -1,26 +1,40 @@
 #!/bin/sh
-# bench/peers/postfix.sh — runs `make bench`'s accept and relay loads against
-# Postfix from the distribution, side by side with picorelay, in one run.
+# bench/peers/postfix.sh — runs `make bench`'s accept, relay and wan loads
+# against Postfix from the distribution, side by side with picorelay, in one run.
 #
 # Installs Postfix (Debian/Ubuntu, apt-get) when missing, then runs it as a
 # separate instance with its own config directory and queue, so that a Postfix
 # already used as the machine's MTA is not touched:
 #   - listening on 127.0.0.1:$POSTFIX_PORT only (inet_interfaces = loopback-only),
-#   - relaying for 127.0.0.0/8 to the bench's sink at [127.0.0.1]:$SINK_PORT,
+#   - relaying for 127.0.0.0/8 to [127.0.0.1]:$PROXY_PORT: the bench's
+#     latency-injecting proxy in front of its sink (127.0.0.1:$SINK_PORT), the
+#     same hop picorelay's relay cases go through (no delay but in the wan cases),
 #   - no local delivery, no DNS, no TLS,
-#   - messages carrying "X-Bench-Hold: yes" (the accept cases) are put on hold
-#     by header_checks, so accept numbers measure accepting only, like
-#     picorelay's hold mode; in_flow_delay = 0 so Postfix is not throttled
-#     waiting for deliveries that never come.
+#   - messages carrying "X-Bench-Hold: yes" (the accept cases, and the wan
+#     backlog) are put on hold by header_checks, so accept numbers measure
+#     accepting only, like picorelay's hold mode; in_flow_delay = 0 so Postfix
+#     is not throttled waiting for deliveries that never come.
+# The bench also gets:
+#   --peer-spool $PF_QUEUE: the block device whose writes are counted per message,
+#   --peer-pids: master and its children, for idle memory and CPU (utime + stime
+#     + cutime + cstime: master reaps the short-lived children),
+#   --peer-release: the wan backlog is released from hold (postsuper -H moves it to
+#     the deferred queue, postqueue -f has the queue manager scan that at once),
+#   --peer-concurrency: smtp_destination_concurrency_limit, the limit of the smtp
+#     transport's connections to one destination, here the relayhost (recipients
+#     go to default_transport = smtp: relay_domains is empty); default 20, which
+#     the bench sets again after the wan cases (and main.cf is rewritten on every
+#     start of this script).
 # Postfix is stopped on exit. Nothing but loopback is ever a target.
 #
 # Usage (as root, from anywhere): bench/peers/postfix.sh [bench options, e.g. --quick --runs 3]
-# Environment: POSTFIX_PORT (2626), SINK_PORT (2627), PF_CONF (/etc/postfix-bench),
-#              PF_QUEUE (/var/spool/postfix-bench).
+# Environment: POSTFIX_PORT (2626), SINK_PORT (2627), PROXY_PORT (2628),
+#              PF_CONF (/etc/postfix-bench), PF_QUEUE (/var/spool/postfix-bench).
 set -eu
 
 POSTFIX_PORT=${POSTFIX_PORT:-2626}
 SINK_PORT=${SINK_PORT:-2627}
+PROXY_PORT=${PROXY_PORT:-2628}
 PF_CONF=${PF_CONF:-/etc/postfix-bench}
 PF_QUEUE=${PF_QUEUE:-/var/spool/postfix-bench}
 PF_DATA=${PF_DATA:-/var/lib/postfix-bench}
@@ -30,9 +44,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 die() { echo "postfix.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (installs a package and starts Postfix)"
-for p in "$POSTFIX_PORT" "$SINK_PORT"; do
+for p in "$POSTFIX_PORT" "$SINK_PORT" "$PROXY_PORT"; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
-        die "port $p is in use; set POSTFIX_PORT / SINK_PORT"
+        die "port $p is in use; set POSTFIX_PORT / SINK_PORT / PROXY_PORT"
     fi
 done
 
@@ -76,7 +90,7 @@ local_recipient_maps =
 local_transport = error:local delivery is disabled
 alias_maps =
 alias_database =
-relayhost = [127.0.0.1]:$SINK_PORT
+relayhost = [127.0.0.1]:$PROXY_PORT
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtp_dns_support_level = disabled
 smtpd_tls_security_level = none
@@ -102,11 +116,16 @@ until ss -Hltn "sport = :$POSTFIX_PORT" | grep -q . || [ $i -ge 100 ]; do
     sleep 0.1; i=$((i + 1))
 done
 ss -Hltn "sport = :$POSTFIX_PORT" | grep -q . || die "postfix is not listening on 127.0.0.1:$POSTFIX_PORT (see $PF_LOG)"
-echo "postfix.sh: Postfix $VERSION on 127.0.0.1:$POSTFIX_PORT, relayhost [127.0.0.1]:$SINK_PORT, queue $PF_QUEUE" >&2
+echo "postfix.sh: Postfix $VERSION on 127.0.0.1:$POSTFIX_PORT, relayhost [127.0.0.1]:$PROXY_PORT (the bench's proxy to its sink on $SINK_PORT), queue $PF_QUEUE" >&2
 
 cd "$REPO"
 make release >&2
 cargo bench --locked --bench bench -- \
-    --peer "Postfix $VERSION" --target "127.0.0.1:$POSTFIX_PORT" --sink-port "$SINK_PORT" \
+    --peer "Postfix $VERSION" --target "127.0.0.1:$POSTFIX_PORT" \
+    --sink-port "$SINK_PORT" --proxy-port "$PROXY_PORT" \
     --peer-reset "postsuper -c $PF_CONF -d ALL >/dev/null 2>&1" \
-    --peer-pids "m=\$(cat $PF_QUEUE/pid/master.pid); echo \$m; pgrep -P \$m" "$@"
+    --peer-pids "m=\$(cat $PF_QUEUE/pid/master.pid); echo \$m; pgrep -P \$m" \
+    --peer-spool "$PF_QUEUE" \
+    --peer-release "postsuper -c $PF_CONF -H ALL >/dev/null 2>&1 && postqueue -c $PF_CONF -f" \
+    --peer-concurrency "postconf -c $PF_CONF -e smtp_destination_concurrency_limit={n} && postfix -c $PF_CONF reload >/dev/null 2>&1" \
+    "$@"
