@@ -537,7 +537,7 @@ pub fn submit(
         ..Envelope::new(&sender, &recipients, "local", "localhost")
     };
     let incoming = spool.begin(&env).map_err(|e| spool_error(cfg, e))?;
-    share_with_relay(spool.dir(), incoming.id());
+    incoming.share_like(&spool.dir().join("queue"));
     let id = incoming.id().to_string();
 
     let received = message::local_received_header(&LocalTrace {
@@ -634,28 +634,6 @@ fn fill(input: &mut dyn BufRead) -> Result<&[u8], SendmailError> {
     input.fill_buf().map_err(|e| {
         SendmailError::Temp(format!("cannot read the message from standard input: {e}"))
     })
-}
-
-/// share_with_relay makes the new spool file usable by the relay whatever the
-/// caller: mode 0640 despite a tight umask, and the owner and group of queue/
-/// (the relay's user) when we may give it away (root), else at least its group
-/// (a member of the spool's group). Best effort: on failure the relay logs the
-/// unreadable file and the message stays queued.
-fn share_with_relay(spool_dir: &Path, id: &str) {
-    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
-    let tmp = spool_dir.join("tmp").join(id);
-    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640));
-    let (Ok(dir), Ok(file)) = (
-        std::fs::metadata(spool_dir.join("queue")),
-        std::fs::metadata(&tmp),
-    ) else {
-        return;
-    };
-    if (dir.uid(), dir.gid()) != (file.uid(), file.gid())
-        && chown(&tmp, Some(dir.uid()), Some(dir.gid())).is_err()
-    {
-        let _ = chown(&tmp, None, Some(dir.gid()));
-    }
 }
 
 /// invoking_user is the login name of the real user, "nobody" without a passwd entry.

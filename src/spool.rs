@@ -1,7 +1,12 @@
-//! The maildir-style durable queue: one file per message (envelope + message), written under tmp/, fsynced, renamed into queue/.
+//! The maildir-style durable queue: one file per message (envelope + message), written aside, fsynced, then
+//! linked or renamed into queue/ and queue/ fsynced.
 //!
-//! Layout under `queue.dir`: `tmp/` (messages being written), `queue/` (committed messages, one file named by
-//! its id), `corrupt/` (files `scan` could not parse, kept for a human to inspect).
+//! Layout under `queue.dir`: `tmp/` (messages being written, when they need a name), `queue/` (committed
+//! messages, one file named by its id), `corrupt/` (files `scan` could not parse, kept for a human to inspect).
+//! A new message is written as an unnamed file in queue/ (O_TMPFILE) and linked as queue/ID once fsynced: no
+//! tmp/ entry is created and removed, so each message changes one folder block fewer in each of its two
+//! journal commits (about 4 KB less written per message on ext4). Where O_TMPFILE or /proc is missing, it is
+//! written as tmp/ID and renamed, as maildir does. Rewrites of a queued message (`update`) go through tmp/.
 //!
 //! File format (version 1):
 //! ```text
@@ -34,7 +39,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -687,6 +692,9 @@ pub struct Spool {
     usage: Arc<AtomicU64>,
     /// Group commit for queue/: renames in (commit, update) and unlinks (delete).
     queue_sync: Arc<DirSync>,
+    /// New messages are written unnamed in queue/ (see the module comment); false after the filesystem or the
+    /// system refused it once.
+    unnamed: Arc<AtomicBool>,
 }
 
 impl Spool {
@@ -701,6 +709,8 @@ impl Spool {
             max_size,
             usage: Arc::new(AtomicU64::new(0)),
             queue_sync: Arc::new(DirSync::new(&dir.join("queue"))),
+            // linkat names an unnamed file through /proc/self/fd.
+            unnamed: Arc::new(AtomicBool::new(Path::new("/proc/self/fd").is_dir())),
         };
         let mut created = ensure_dir(dir)?;
         for sub in [&spool.tmp, &spool.queue, &spool.corrupt] {
@@ -823,16 +833,47 @@ impl Spool {
         }
     }
 
-    /// Starts a new message: the envelope header is written to a fresh file under tmp/. Fails with Full when
-    /// usage >= max_size (then nothing is written). `env.id` is ignored: the spool assigns the id.
+    /// A fresh id and where its message is written until the commit: unnamed in queue/ when the filesystem
+    /// allows it, else tmp/ID.
+    fn fresh_aside(&self) -> Result<(String, Aside, File), SpoolError> {
+        if self.unnamed.load(Ordering::Relaxed) {
+            let id = new_id();
+            match sys::open_unnamed(&self.queue, FILE_MODE) {
+                Ok(file) => {
+                    let dest = self.queue.join(&id);
+                    return Ok((id, Aside::Unnamed(dest), file));
+                }
+                Err(e) => {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOSYS)
+                    ) {
+                        log::debug!(
+                            "spool: {} takes no unnamed files ({e}); writing under tmp/",
+                            self.queue.display()
+                        );
+                        self.unnamed.store(false, Ordering::Relaxed);
+                    }
+                    // Anything else (permissions, no space) is tried again through tmp/, which reports it.
+                }
+            }
+        }
+        let (id, path, file) = self.fresh()?;
+        Ok((id, Aside::Named(path), file))
+    }
+
+    /// Starts a new message: the envelope header is written to a fresh file aside (unnamed in queue/, or under
+    /// tmp/). Fails with Full when usage >= max_size (then nothing is written). `env.id` is ignored: the spool
+    /// assigns the id.
     pub fn begin(&self, env: &Envelope) -> Result<Incoming, SpoolError> {
         if self.max_size > 0 && self.usage() >= self.max_size {
             return Err(SpoolError::Full);
         }
-        let (id, path, file) = self.fresh()?;
+        let (id, aside, file) = self.fresh_aside()?;
         let mut incoming = Incoming {
             id,
-            tmp: Some(path),
+            aside: Some(aside),
+            unnamed: Arc::clone(&self.unnamed),
             queue: self.queue.clone(),
             writer: Some(BufWriter::with_capacity(WRITE_BUF, file)),
             usage: Arc::clone(&self.usage),
@@ -1029,12 +1070,33 @@ impl Spool {
     }
 }
 
-/// A message being written under tmp/. Removes its tmp file on any error and on Drop unless committed.
+/// Where a message is written until its commit.
+#[derive(Debug, Clone)]
+enum Aside {
+    /// tmp/ID, renamed to queue/ID.
+    Named(PathBuf),
+    /// An unnamed file in queue/, linked as this path (queue/ID).
+    Unnamed(PathBuf),
+}
+
+impl Aside {
+    /// The path errors name: tmp/ID, or queue/ID for the file that will have that name.
+    fn shown(&self) -> &Path {
+        match self {
+            Aside::Named(p) | Aside::Unnamed(p) => p,
+        }
+    }
+}
+
+/// A message being written aside. Its file is removed (or, unnamed, simply closed) on any error and on Drop
+/// unless committed.
 #[derive(Debug)]
 pub struct Incoming {
     id: String,
     /// None once committed or discarded.
-    tmp: Option<PathBuf>,
+    aside: Option<Aside>,
+    /// The spool's switch for unnamed files, turned off when a link fails.
+    unnamed: Arc<AtomicBool>,
     queue: PathBuf,
     writer: Option<BufWriter<File>>,
     usage: Arc<AtomicU64>,
@@ -1047,28 +1109,48 @@ impl Incoming {
         &self.id
     }
 
-    /// Closes and removes the tmp file; later writes and commit fail.
+    /// Closes the file and removes it (an unnamed one goes with its last descriptor); later writes and commit
+    /// fail.
     fn discard(&mut self) {
         self.writer = None;
-        if let Some(tmp) = self.tmp.take() {
+        if let Some(Aside::Named(tmp)) = self.aside.take() {
             let _ = fs::remove_file(tmp);
         }
     }
 
-    /// The tmp path, or an error when an earlier failure already discarded the message.
-    fn tmp_path(&self) -> Result<PathBuf, SpoolError> {
-        self.tmp.clone().ok_or_else(|| {
+    /// Where the message is written, or an error when an earlier failure already discarded it.
+    fn aside(&self) -> Result<Aside, SpoolError> {
+        self.aside.clone().ok_or_else(|| {
             SpoolError::Io(format!("message {} was discarded after an error", self.id))
         })
     }
 
-    /// Appends message bytes (buffered, 64K). On error the tmp file is removed.
+    /// share_like gives the file mode 0640 despite a tight umask, and the owner and group of `dir` when this
+    /// process may give it away (root), else at least its group. For `picorelay sendmail`, whose files the relay
+    /// (another user) must read. Best effort: the relay logs a file it cannot read and it stays queued.
+    pub fn share_like(&self, dir: &Path) {
+        use std::os::unix::fs::{fchown, PermissionsExt};
+        let (Some(w), Ok(owner)) = (self.writer.as_ref(), fs::metadata(dir)) else {
+            return;
+        };
+        let file = w.get_ref();
+        let _ = file.set_permissions(fs::Permissions::from_mode(FILE_MODE));
+        let Ok(mine) = file.metadata() else { return };
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid())
+            && fchown(file, Some(owner.uid()), Some(owner.gid())).is_err()
+        {
+            let _ = fchown(file, None, Some(owner.gid()));
+        }
+    }
+
+    /// Appends message bytes (buffered, 64K). On error the file is removed.
     pub fn write_all(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
-        let tmp = self.tmp_path()?;
+        let aside = self.aside()?;
+        let tmp = aside.shown();
         let result = match self.writer.as_mut() {
             Some(w) => w
                 .write_all(buf)
-                .map_err(|e| io_err(&e, "cannot write", &tmp)),
+                .map_err(|e| io_err(&e, "cannot write", tmp)),
             None => Err(SpoolError::Io(format!("{} is closed", tmp.display()))),
         };
         if result.is_err() {
@@ -1077,7 +1159,8 @@ impl Incoming {
         result
     }
 
-    /// flush, fsync file, rename tmp/ID -> queue/ID, fsync queue/. Only after Ok may the client get 250.
+    /// flush, fsync file, link it as queue/ID (or rename tmp/ID -> queue/ID), fsync queue/. Only after Ok may the
+    /// client get 250.
     /// Returns the id.
     pub fn commit(mut self) -> Result<String, SpoolError> {
         let result = self.finish();
@@ -1088,30 +1171,48 @@ impl Incoming {
     }
 
     fn finish(&mut self) -> Result<String, SpoolError> {
-        let tmp = self.tmp_path()?;
+        let aside = self.aside()?;
+        let tmp = aside.shown();
         let writer = self
             .writer
             .take()
             .ok_or_else(|| SpoolError::Io(format!("{} is closed", tmp.display())))?;
         let file = writer
             .into_inner()
-            .map_err(|e| io_err(e.error(), "cannot write", &tmp))?;
+            .map_err(|e| io_err(e.error(), "cannot write", tmp))?;
         file.sync_all()
-            .map_err(|e| io_err(&e, "cannot fsync", &tmp))?;
+            .map_err(|e| io_err(&e, "cannot fsync", tmp))?;
         let size = file
             .metadata()
-            .map_err(|e| io_err(&e, "cannot stat", &tmp))?
+            .map_err(|e| io_err(&e, "cannot stat", tmp))?
             .len();
-        drop(file);
         let dest = self.queue.join(&self.id);
-        rename_new(&tmp, &dest)?;
+        match &aside {
+            Aside::Named(tmp) => {
+                drop(file);
+                rename_new(tmp, &dest)?;
+            }
+            Aside::Unnamed(_) => {
+                if let Err(e) = sys::link_unnamed(&file, &dest) {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        // This message gets a 4xx (the client sends it again); the next ones go through tmp/.
+                        log::warn!(
+                            "spool: cannot link a new file into {} ({e}); writing under tmp/ from now on",
+                            self.queue.display()
+                        );
+                        self.unnamed.store(false, Ordering::Relaxed);
+                    }
+                    return Err(io_err(&e, "cannot link into", &dest));
+                }
+            }
+        }
         if let Err(e) = self.queue_sync.sync() {
             // Not durable, so the client must not get 250: take the message back out (it will retry)
             // rather than deliver one the client also resends.
             let _ = fs::remove_file(&dest);
             return Err(e);
         }
-        self.tmp = None;
+        self.aside = None;
         self.usage.fetch_add(size, Ordering::SeqCst);
         Ok(self.id.clone())
     }
@@ -1502,6 +1603,7 @@ mod tests {
     fn tmp_leftovers_cleaned_at_open() {
         let t = TempDir::new("leftover");
         let spool = Spool::open(&t.0, 0).unwrap();
+        spool.unnamed.store(false, Ordering::Relaxed); // messages in progress under tmp/
         let old = t.0.join("tmp").join("crashed");
         let f = File::create(&old).unwrap();
         f.set_modified(SystemTime::now() - TMP_MAX_AGE - Duration::from_secs(60))
@@ -1517,20 +1619,78 @@ mod tests {
 
     #[test]
     fn abort_and_drop_leave_nothing() {
-        let t = TempDir::new("drop");
+        for unnamed in [true, false] {
+            let t = TempDir::new(&format!("drop-{unnamed}"));
+            let spool = Spool::open(&t.0, 0).unwrap();
+            spool.unnamed.store(unnamed, Ordering::Relaxed);
+            let mut inc = spool.begin(&env()).unwrap();
+            inc.write_all(&vec![b'x'; 200_000]).unwrap();
+            let aside = if unnamed { 0 } else { 1 };
+            assert_eq!(files(&t.0.join("tmp")).len(), aside, "unnamed={unnamed}");
+            assert!(files(&t.0.join("queue")).is_empty(), "unnamed={unnamed}");
+            drop(inc);
+            assert!(files(&t.0.join("tmp")).is_empty());
+            assert!(files(&t.0.join("queue")).is_empty());
+            assert_eq!(spool.usage(), 0);
+            // An envelope that cannot be stored leaves nothing either.
+            let mut e = env();
+            e.recipients = vec![e.recipients[0].clone(); MAX_RECIPIENTS + 1];
+            assert!(spool.begin(&e).is_err());
+            assert!(files(&t.0.join("tmp")).is_empty());
+            assert!(files(&t.0.join("queue")).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_new_message_is_unnamed_until_its_commit_links_it() {
+        let t = TempDir::new("unnamed");
         let spool = Spool::open(&t.0, 0).unwrap();
+        assert!(
+            spool.unnamed.load(Ordering::Relaxed),
+            "O_TMPFILE and /proc here"
+        );
         let mut inc = spool.begin(&env()).unwrap();
-        inc.write_all(&vec![b'x'; 200_000]).unwrap();
-        assert_eq!(files(&t.0.join("tmp")).len(), 1);
-        drop(inc);
+        inc.write_all(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        // Nothing named anywhere while it is written: a crash now leaves nothing to clean.
         assert!(files(&t.0.join("tmp")).is_empty());
         assert!(files(&t.0.join("queue")).is_empty());
-        assert_eq!(spool.usage(), 0);
-        // An envelope that cannot be stored leaves nothing either.
-        let mut e = env();
-        e.recipients = vec![e.recipients[0].clone(); MAX_RECIPIENTS + 1];
-        assert!(spool.begin(&e).is_err());
-        assert!(files(&t.0.join("tmp")).is_empty());
+        let id = inc.commit().unwrap();
+        assert_eq!(files(&t.0.join("queue")), vec![id.clone()]);
+        assert!(
+            spool.unnamed.load(Ordering::Relaxed),
+            "still unnamed after a link"
+        );
+        let (e, mut r, _) = spool.open_message(&id).unwrap();
+        assert_eq!(e.id, id);
+        let mut body = String::new();
+        r.read_to_string(&mut body).unwrap();
+        assert_eq!(body, "Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(
+            fs::metadata(t.0.join("queue").join(&id)).unwrap().mode() & 0o777,
+            FILE_MODE & !umask()
+        );
+    }
+
+    #[test]
+    fn an_unnamed_file_never_replaces_a_queued_message() {
+        let t = TempDir::new("unnamed-clash");
+        let q = t.0.join("q");
+        fs::create_dir_all(&q).unwrap();
+        fs::write(q.join("queued"), "first").unwrap();
+        let mut f = sys::open_unnamed(&q, FILE_MODE).unwrap();
+        f.write_all(b"second").unwrap();
+        let e = sys::link_unnamed(&f, &q.join("queued")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(q.join("queued")).unwrap(), "first");
+        sys::link_unnamed(&f, &q.join("free")).unwrap();
+        assert_eq!(fs::read_to_string(q.join("free")).unwrap(), "second");
+    }
+
+    /// The process umask, from /proc (setting it to read it would race other tests' files).
+    fn umask() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
     }
 
     #[test]

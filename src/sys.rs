@@ -294,6 +294,45 @@ pub fn try_lock(f: &std::fs::File) -> io::Result<bool> {
     }
 }
 
+/// open_unnamed creates a file without a name in `dir` (O_TMPFILE): nothing
+/// in any folder changes until `link_unnamed` gives it one, and a crash or a
+/// failure before that leaves nothing behind. Filesystems without O_TMPFILE
+/// answer EOPNOTSUPP (or EISDIR on old kernels).
+pub fn open_unnamed(dir: &Path, mode: u32) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+}
+
+/// link_unnamed names a file from `open_unnamed` as `to`, never over an
+/// existing file (EEXIST). Through /proc/self/fd (AT_SYMLINK_FOLLOW), which
+/// needs no privilege, unlike AT_EMPTY_PATH.
+pub fn link_unnamed(file: &std::fs::File, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: both paths are NUL-terminated and outlive the call, which only reads them.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// rename_noreplace renames `from` to `to` unless `to` exists, in one step
 /// (renameat2 RENAME_NOREPLACE): AlreadyExists then, and nothing is replaced.
 /// Unsupported (a filesystem or kernel without the flag): Unsupported, and the

@@ -1,6 +1,8 @@
 //! The commit order, seen from the kernel (issue 7, item 5): under strace, each
 //! "250 2.0.0 Ok: queued as ID" is written only after, in the same thread, the fsync of
-//! tmp/ID, the rename tmp/ID -> queue/ID and the fsync of the queue/ folder.
+//! the message file, its name in queue/ (the link of the unnamed file written in queue/,
+//! or the rename tmp/ID -> queue/ID where unnamed files are not available) and the fsync of
+//! the queue/ folder.
 //!
 //! Needs strace (CI: `apt-get install -y strace`); without it, or where ptrace is not
 //! allowed, the test says so and passes. tools/strace-commit.sh shows the same by hand.
@@ -15,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// The syscalls traced: the ones a commit is made of, and the reply.
-const TRACE: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,openat,write,sendto";
+const TRACE: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,linkat,openat,write,sendto";
 
 fn strace_works() -> bool {
     Command::new("strace")
@@ -57,8 +59,8 @@ fn check_commit_order(
             .position(|(_, n, l)| (n == "write" || n == "sendto") && l.contains(&queued))
             .ok_or_else(|| format!("{id}: no reply write found"))?;
         let pid = &calls[w].0;
-        // Walk back in the same thread: the folder fsync, before it the rename, before it
-        // the file fsync.
+        // Walk back in the same thread: the folder fsync, before it the link or rename,
+        // before it the file fsync.
         let before = |end: usize, pred: &dyn Fn(&str, &str) -> bool| {
             (0..end)
                 .rev()
@@ -70,19 +72,41 @@ fn check_commit_order(
             (n == "fsync" || n == "fdatasync") && l.contains("/queue>")
         })
         .ok_or_else(|| format!("{id}: no fsync of queue/ before the 250"))?;
-        let rename = before(dir_sync, &|n, l| {
-            n.starts_with("rename")
-                && l.contains(&format!("{tmp}\""))
+        let named = |n: &str, l: &str| {
+            (n.starts_with("rename") && l.contains(&format!("{tmp}\"")) || n == "linkat")
                 && l.contains(&format!("{dest}\""))
-        })
-        .ok_or_else(|| format!("{id}: no rename tmp/ -> queue/ before the folder fsync"))?;
-        let file_sync = before(rename, &|n, l| {
-            (n == "fsync" || n == "fdatasync") && l.contains(&format!("{tmp}>"))
-        })
-        .ok_or_else(|| format!("{id}: no fsync of tmp/{id} before the rename"))?;
-        // Nothing in between undid it: no later rename of this id before the reply.
+        };
+        let rename = before(dir_sync, &named).ok_or_else(|| {
+            format!("{id}: no link or rename into queue/ before the folder fsync")
+        })?;
+        let file_sync = match linked_fd(&calls[rename].2) {
+            // An unnamed file: the fsync of that descriptor, still unnamed (in queue/, deleted),
+            // and the descriptor not reopened as another file in between.
+            Some(fd) => {
+                let sync = before(rename, &|n, l| {
+                    (n == "fsync" || n == "fdatasync")
+                        && l.contains(&format!("({fd}</"))
+                        && l.contains("/queue/#")
+                })
+                .ok_or_else(|| format!("{id}: no fsync of the unnamed file before its link"))?;
+                if calls[sync..rename]
+                    .iter()
+                    .any(|(_, n, l)| n == "openat" && l.contains(&format!("= {fd}<")))
+                {
+                    return Err(format!(
+                        "{id}: descriptor {fd} reopened between fsync and link"
+                    ));
+                }
+                sync
+            }
+            None => before(rename, &|n, l| {
+                (n == "fsync" || n == "fdatasync") && l.contains(&format!("{tmp}>"))
+            })
+            .ok_or_else(|| format!("{id}: no fsync of tmp/{id} before the rename"))?,
+        };
+        // Nothing in between undid it: no later rename or link of this id before the reply.
         if before(w, &|n, l| {
-            n.starts_with("rename") && l.contains(id.as_str())
+            (n.starts_with("rename") || n == "linkat") && l.contains(id.as_str())
         }) != Some(rename)
         {
             return Err(format!("{id}: renamed again before the 250"));
@@ -99,7 +123,7 @@ fn check_commit_order(
 }
 
 #[test]
-fn each_250_follows_file_fsync_rename_and_folder_fsync() {
+fn each_250_follows_file_fsync_link_and_folder_fsync() {
     if !strace_works() {
         eprintln!("SKIPPED: strace is not installed or ptrace is not allowed here (CI: apt-get install -y strace)");
         return;
@@ -193,6 +217,12 @@ fn each_250_follows_file_fsync_rename_and_folder_fsync() {
     }
 }
 
+/// linked_fd is N of a `linkat(…, "/proc/self/fd/N", …)` line: the unnamed file it names.
+fn linked_fd(line: &str) -> Option<u32> {
+    let rest = line.split("\"/proc/self/fd/").nth(1)?;
+    rest.split('"').next()?.parse().ok()
+}
+
 /// keep copies a trace out of the temp dir (removed on drop) for a failing run.
 fn keep(trace: &Path) -> std::path::PathBuf {
     let to = std::env::temp_dir().join(format!("picorelay-strace-{}.txt", std::process::id()));
@@ -233,6 +263,40 @@ fn checker_refuses_a_250_before_the_folder_fsync() {
         good.replace("10 fsync(5</s/tmp/ID1>) = 0\n", ""),
         // No rename.
         good.replace("10 rename(\"/s/tmp/ID1\", \"/s/queue/ID1\") = 0\n", ""),
+    ];
+    for bad in cases {
+        assert!(check_commit_order(&bad, &ids).is_err(), "{bad}");
+    }
+
+    // The same with an unnamed file linked into queue/.
+    let good = r#"10 openat(AT_FDCWD</>, "/s/queue", O_WRONLY|O_CLOEXEC|O_TMPFILE, 0640) = 5</s/queue/#77>(deleted)
+10 write(5</s/queue/#77>(deleted), "picorelay-spool 1\n", 18) = 18
+10 fsync(5</s/queue/#77>(deleted)) = 0
+10 linkat(AT_FDCWD</>, "/proc/self/fd/5", AT_FDCWD</>, "/s/queue/ID1", AT_SYMLINK_FOLLOW) = 0
+11 write(2<pipe:[1]>, "log", 3) = 3
+10 fsync(6</s/queue>) = 0
+10 write(4<TCP:[1]>, "250 2.0.0 Ok: queued as ID1\r\n", 29) = 29
+"#;
+    assert!(check_commit_order(good, &ids).is_ok());
+    let cases = [
+        // No file fsync (only another descriptor's).
+        good.replace(
+            "10 fsync(5</s/queue/#77>(deleted)) = 0",
+            "10 fsync(7</s/queue/#78>(deleted)) = 0",
+        ),
+        // The fsync after the link.
+        good.replace("10 fsync(5</s/queue/#77>(deleted)) = 0\n", "")
+            .replace(
+                "11 write(2<pipe:[1]>",
+                "10 fsync(5</s/queue/#77>(deleted)) = 0\n11 write(2<pipe:[1]>",
+            ),
+        // No link.
+        good.replace(
+            "10 linkat(AT_FDCWD</>, \"/proc/self/fd/5\", AT_FDCWD</>, \"/s/queue/ID1\", AT_SYMLINK_FOLLOW) = 0\n",
+            "",
+        ),
+        // No folder fsync.
+        good.replace("10 fsync(6</s/queue>) = 0\n", ""),
     ];
     for bad in cases {
         assert!(check_commit_order(&bad, &ids).is_err(), "{bad}");
