@@ -88,7 +88,7 @@ const USAGE: &str =
   --peer-release shell command releasing the peer's held messages (wan cases)
   --peer-concurrency  shell command setting the peer's connections to the smarthost
                  to {n} (wan cases; run with 20, the Postfix default, at the end)
-  --only S       run only the cases whose name contains S
+  --only S       run only the cases whose name contains S (S1,S2: any of them)
   PICORELAY_BENCH_DIR  directory for the temporary spools (default: the system temp dir)
   PICORELAY_BENCH_LOG  log level of the relays under test (default info; debug
                  logs the smarthost dialogue)";
@@ -382,7 +382,11 @@ fn run(o: &Opts) -> Result<(), String> {
     );
     let b = Budget::new(o.quick);
     let mut res = Results::default();
-    let case_on = |name: &str| o.only.as_deref().map_or(true, |s| name.contains(s));
+    let case_on = |name: &str| {
+        o.only
+            .as_deref()
+            .map_or(true, |s| s.split(',').any(|s| name.contains(s)))
+    };
     let devs = Devices::find(o, &mut res);
 
     // Static facts, measured once.

@@ -1,5 +1,5 @@
 //! Smarthost faults (issue 7, item 3): a smarthost that is slow, talks garbage, never stops
-//! talking, breaks TLS, hangs up mid-DATA or never answers the final dot. Each fault ends with
+//! talking, breaks TLS, hangs up mid-DATA (or mid-BDAT chunk) or never answers the final dot. Each fault ends with
 //! the message still queued and the reason in `queue list` (or bounced when the smarthost said
 //! no for good), and a healthy relay: once the smarthost behaves, the message goes out.
 
@@ -221,5 +221,71 @@ fn permanent_refusal_after_the_dot_bounces() {
     assert!(txns[0].data.contains("content refused"), "{}", txns[0].data);
     wait_for("the queue to empty", || relay.queue_ids().is_empty());
     relay.wait_log(&format!("delivery {id}: bounced <bob@example.org>"));
+    assert_running(&mut relay);
+}
+
+/// The same outcome rules with CHUNKING (RFC 3030): the message goes as one `BDAT n LAST`.
+fn chunking() -> Opts {
+    Opts {
+        chunking: true,
+        ..Opts::plain()
+    }
+}
+
+/// A smarthost that hangs up in the middle of a BDAT chunk: the message stays queued with the
+/// reason, and once the smarthost behaves it is delivered exactly once, still with BDAT.
+#[test]
+fn connection_closed_in_the_middle_of_a_bdat_chunk() {
+    let body = message(
+        "big chunk",
+        &"0123456789abcdef0123456789abcdef\r\n".repeat(120_000),
+    );
+    fault(
+        chunking(),
+        "",
+        &[("BODY", "DROP")],
+        &body,
+        &["sending the message", "reply to BDAT"],
+    );
+}
+
+#[test]
+fn bdat_last_deferred_with_4xx_stays_queued_then_goes_once() {
+    let sink = Sink::start(chunking());
+    sink.rule_times("DOT", "451 4.3.0 mailbox busy, try later", 1);
+    let mut relay = Relay::start(&ini(&sink, ""));
+    let id = submit(&relay, &small());
+    let mut line = String::new();
+    wait_for("the 451 in queue list", || {
+        line = relay.queue_line(&id);
+        line.contains("451 4.3.0 mailbox busy")
+    });
+    let out = relay.cmd(&["queue", "flush"]);
+    assert!(out.status.success());
+    let txns = sink.wait_txns(1);
+    wait_for("the queue to empty", || relay.queue_ids().is_empty());
+    let txns_now = sink.txns();
+    assert_eq!(txns_now.len(), 1, "delivered once: {txns_now:?}");
+    assert!(txns[0].chunked, "{:?}", txns[0]);
+    assert_eq!(txns[0].rcpts, ["bob@example.org"]);
+    assert_running(&mut relay);
+}
+
+/// A 5xx to BDAT LAST is the smarthost's final word on the message: it bounces, and the report
+/// goes to the sender the same way (BDAT).
+#[test]
+fn permanent_refusal_of_the_last_bdat_chunk_bounces() {
+    let sink = Sink::start(chunking());
+    sink.rule_times("DOT", "554 5.6.0 content refused", 1);
+    let mut relay = Relay::start(&ini(&sink, ""));
+    let id = submit(&relay, &small());
+    let txns = sink.wait_txns(1);
+    assert_eq!(txns[0].mail_from, "", "the report has the null sender");
+    assert!(txns[0].chunked, "{:?}", txns[0]);
+    assert!(txns[0].data.contains("content refused"), "{}", txns[0].data);
+    wait_for("the queue to empty", || relay.queue_ids().is_empty());
+    relay.wait_log(&format!(
+        "delivery {id}: bounced <bob@example.org>: 554 5.6.0 content refused"
+    ));
     assert_running(&mut relay);
 }

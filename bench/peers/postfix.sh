@@ -79,6 +79,7 @@ compatibility_level = 3.6
 queue_directory = $PF_QUEUE
 data_directory = $PF_DATA
 maillog_file = $PF_LOG
+maillog_file_prefixes = /var, /dev/stdout, $(dirname "$PF_LOG")
 myhostname = postfix.bench.test
 mydomain = bench.test
 myorigin = \$myhostname

@@ -315,8 +315,9 @@ pub struct Txn {
 }
 
 /// A reply override: the first rule whose prefix starts the command line (case-insensitive)
-/// answers it. Special prefixes: "GREETING" (the banner), "DOT" (after the data), "BODY" (after
-/// the first line of message data: only "DROP" means something there). Special replies:
+/// answers it. Special prefixes: "GREETING" (the banner), "DOT" (after the data, or BDAT LAST),
+/// "BODY" (after the first line of message data, or 1 KiB into a BDAT chunk: only "DROP" means
+/// something there). Special replies:
 /// "DROP" closes the connection; "HANG" never answers (reads until the client gives up);
 /// "DELAY <ms> <reply>" sleeps, then answers <reply>; "DRIP <ms> <reply>" sends the reply one
 /// byte every <ms>; "RAW <bytes>" sends the bytes as they are (no CRLF added); "ENDLESS" sends
@@ -1000,6 +1001,12 @@ impl Session {
                     let mut words = line.split_ascii_whitespace().skip(1);
                     let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
                     let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                    if self.rule("BODY").as_deref() == Some("DROP") {
+                        // Close in the middle of the chunk, with unread input: a reset.
+                        let _ = self.read_exact_bytes(size.min(1024));
+                        self.io = Io::Gone;
+                        return Ok(());
+                    }
                     let Some(bytes) = self.read_exact_bytes(size) else {
                         return Ok(());
                     };
