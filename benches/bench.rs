@@ -626,6 +626,32 @@ struct WanRun {
     peak: usize,
 }
 
+impl WanRun {
+    /// wait waits for the `queued` messages of `tag` at the sink (at most
+    /// `limit`) and sums up the drain that began at `t0`.
+    fn wait(
+        sink: &Sink,
+        proxy: &Proxy,
+        tag: &str,
+        queued: usize,
+        t0: Instant,
+        limit: Duration,
+    ) -> WanRun {
+        let (seen, (data, bdat)) = sink.wait_for(tag, queued, limit);
+        WanRun {
+            queued,
+            delivered: seen.len(),
+            span: seen
+                .values()
+                .max()
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
+            data,
+            bdat,
+            peak: proxy.peak(),
+        }
+    }
+}
+
 /// wan_cases drains a backlog of 4 KiB messages through the proxy at the
 /// round trip of --rtt-ms: picorelay with DATA and BDAT at 3 connections and
 /// BDAT at 20, the peer at 3 and 20 (Postfix never sends BDAT, so its
@@ -725,20 +751,9 @@ fn wan_us(
             return Err(e);
         }
     };
-    let (seen, (data, bdat)) = sink.wait_for(tag, queued, wan_limit(queued, c, o.rtt));
-    let peak = proxy.peak();
+    let drained = WanRun::wait(sink, proxy, tag, queued, t0, wan_limit(queued, c, o.rtt));
     relay.stop();
-    Ok(WanRun {
-        queued,
-        delivered: seen.len(),
-        span: seen
-            .values()
-            .max()
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
-        data,
-        bdat,
-        peak,
-    })
+    Ok(drained)
 }
 
 /// wan_peer queues `n` messages into the peer, held (X-Bench-Hold), sets its
@@ -784,18 +799,14 @@ fn wan_peer(
             return None;
         }
     }
-    let (seen, (data, bdat)) = sink.wait_for(tag, queued, wan_limit(queued, c, rtt));
-    Some(WanRun {
+    Some(WanRun::wait(
+        sink,
+        proxy,
+        tag,
         queued,
-        delivered: seen.len(),
-        span: seen
-            .values()
-            .max()
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
-        data,
-        bdat,
-        peak: proxy.peak(),
-    })
+        t0,
+        wan_limit(queued, c, rtt),
+    ))
 }
 
 /// wan_quiet lets the connections of a case before (a relay keeps idle
