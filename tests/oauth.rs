@@ -79,6 +79,14 @@ fn token_file(r: &Relay) -> PathBuf {
 }
 
 /// seed writes a token file the way a user may: `refresh_token=RT`, mode 0600.
+/// started is `prepare` with a fresh refresh token from `idp` in the token file, relay running.
+fn started(idp: &Idp, sink: &Sink, provider: &str, extra: &str) -> Relay {
+    let mut relay = prepare(idp, sink, provider, extra);
+    seed(&relay, &idp.new_refresh_token());
+    relay.spawn();
+    relay
+}
+
 fn seed(r: &Relay, rt: &str) {
     let p = token_file(r);
     std::fs::write(&p, format!("refresh_token={rt}\n")).unwrap();
@@ -729,9 +737,7 @@ fn auth_oauthbearer_forces_oauthbearer_when_xoauth2_is_offered_too() {
 fn one_access_token_serves_thirty_messages_over_several_connections() {
     let idp = Idp::start();
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     for round in 1..=3 {
         for i in 0..10 {
             submit(&relay, &format!("round {round} message {i}"));
@@ -762,9 +768,7 @@ fn refresh_before_expiry(expires: Expires) {
     let idp = Idp::start();
     idp.set_expires(expires);
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "first");
     wait_delivered(&relay, &sink, 1);
     sink.hang_up();
@@ -845,9 +849,7 @@ fn concurrent_connections_share_one_refresh_and_never_reuse_a_spent_refresh_toke
     idp.set_rotate(true);
     idp.set_expires(Expires::Num(4));
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     for round in 1..=2 {
         let since = Instant::now();
         for i in 0..12 {
@@ -878,9 +880,7 @@ fn kill9_right_after_a_refresh_keeps_the_newest_refresh_token() {
     let idp = Idp::start();
     idp.set_rotate(true);
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let mut relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "before the crash");
     // The relay stores the rotated refresh token before it uses the access token that came
     // with it: once the smarthost has seen that access token, the file must hold it.
@@ -968,9 +968,7 @@ fn invalid_grant_is_warned_even_while_paused_for_a_refused_login() {
     let idp = Idp::start();
     idp.kill_all_tokens(true);
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     let id = submit(&relay, "two causes");
     wait_for("queue list to show the 535", || {
         relay.queue_line(&id).contains("535")
@@ -996,9 +994,7 @@ fn token_endpoint_503_is_transient_and_the_message_goes_out_later() {
         None,
     );
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     let id = submit(&relay, "later");
     idp.wait_requests(None, 2);
     wait_for("queue list to show the 503", || {
@@ -1033,9 +1029,7 @@ fn token_endpoint_429_no_answer_and_temporarily_unavailable_are_transient() {
         Some(1),
     );
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     let id = submit(&relay, "throttled");
     wait_delivered(&relay, &sink, 1);
     relay.wait_log(&format!("delivery {id}: sent to smarthost"));
@@ -1062,9 +1056,7 @@ fn chunked_token_answer_is_understood() {
     let idp = Idp::start();
     idp.script(None, Answer::Chunked, Some(1));
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "chunked");
     wait_delivered(&relay, &sink, 1);
     assert_eq!(idp.count(None), 1, "{:?}", idp.token_requests(None));
@@ -1081,9 +1073,7 @@ fn token_answer_dripping_past_the_timeout_is_transient() {
     // deadline on the whole request ends it; then the retry gets a normal answer.
     idp.script(None, Answer::Drip(Duration::from_millis(300)), Some(1));
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "slow");
     wait_delivered(&relay, &sink, 1);
     let reqs = idp.token_requests(None);
@@ -1098,9 +1088,7 @@ fn a_refused_token_gets_one_fresh_token_and_one_more_auth() {
     let idp = Idp::start();
     idp.kill_next_tokens(1);
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "second try");
     wait_delivered(&relay, &sink, 1);
     assert_eq!(idp.count(None), 2, "{:?}", idp.token_requests(None));
@@ -1118,9 +1106,7 @@ fn a_token_refused_twice_pauses_delivery_without_bouncing() {
     let idp = Idp::start();
     idp.kill_all_tokens(true);
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     let id = submit(&relay, "refused");
     wait_for("queue list to show the 535", || {
         relay.queue_line(&id).contains("535")
@@ -1689,9 +1675,7 @@ fn no_token_or_secret_appears_in_any_output() {
 fn sighup_drops_the_cached_access_token() {
     let idp = Idp::start();
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     submit(&relay, "before");
     wait_delivered(&relay, &sink, 1);
     sink.hang_up();
@@ -1909,9 +1893,7 @@ fn a_thousand_messages_need_one_token_request() {
     // the relay logs in again, with the token it holds).
     let idp = Idp::start();
     let sink = Sink::start(Opts::microsoft(idp.validator()));
-    let mut relay = prepare(&idp, &sink, "microsoft", "");
-    seed(&relay, &idp.new_refresh_token());
-    relay.spawn();
+    let relay = started(&idp, &sink, "microsoft", "");
     let addr = relay.addr();
     let devices: Vec<_> = (0..4)
         .map(|d| {
