@@ -23,7 +23,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufReader, Cursor, Read};
+use std::io::{self, BufRead, Cursor, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -1855,7 +1855,7 @@ fn failure(r: &crate::spool::Recipient, text: &str, expired: bool) -> Failure {
 }
 
 /// original_headers reads the stored message's header section for the report.
-fn original_headers(r: &mut BufReader<std::fs::File>) -> Vec<u8> {
+fn original_headers(r: &mut impl BufRead) -> Vec<u8> {
     rewrite::read_header_section(r, bounce::MAX_ORIGINAL_HEADERS + 1000)
         .map(|(h, _)| h)
         .unwrap_or_default()

@@ -114,9 +114,9 @@ pub fn show(path: &Path, id: &str) -> u8 {
         return 1;
     }
     match spool.open_message(id) {
-        Ok((env, mut body, _)) => {
+        Ok((env, mut body, size)) => {
             let mut out = io::stdout().lock();
-            if let Ok(h) = spool::format_header(&env) {
+            if let Ok(h) = spool::format_header(&env, size) {
                 let _ = out.write_all(&h);
             }
             let mut buf = [0u8; 16 * 1024];

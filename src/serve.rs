@@ -176,6 +176,8 @@ fn start(cfg: Config) -> Result<(), String> {
         );
     }
     let _ = spool.clean_tmp(TMP_LEFTOVER_AGE);
+    // After the drop: the files it keeps are then the relay user's, as the new ones it writes.
+    spool.recycle_delivered();
     let queued = spool
         .scan()
         .map_err(|e| format!("{file}: [queue] dir: {e}"))?;

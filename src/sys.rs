@@ -211,10 +211,15 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// effective_uid is the user id this process acts as (files it creates are this user's).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
 /// is_root tells whether the process runs with effective uid 0.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    effective_uid() == 0
 }
 
 /// drop_privileges switches to `acct` in the only safe order — setgroups,

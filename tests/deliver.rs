@@ -765,3 +765,48 @@ fn a_smarthost_offering_chunking_gets_bdat_with_the_same_outcomes() {
         "delivery {id}: bounced <bad@example.org>: 550 5.1.1 no such user"
     ));
 }
+
+/// A delivered message's file is kept and overwritten by a later message (tmp/spare-ID, see
+/// src/spool/spares.rs): longer and shorter messages in turn each go out exactly, nothing of an earlier
+/// one with them, and `queue show` shows exactly the message too.
+#[test]
+fn messages_written_over_delivered_ones_go_out_exactly() {
+    let sink = Sink::start(Opts::plain());
+    let relay = Relay::start(&ini(&sink.addr(), "[log]\nlevel = debug\n"));
+    let sizes = [9000, 200, 5000, 10, 12000, 300, 40];
+    for (i, n) in sizes.iter().enumerate() {
+        let letter = char::from(b'a' + i as u8).to_string();
+        // send_message ends the message with CRLF . CRLF: the message's last line is "end {i}\r\n".
+        let msg = message(
+            &format!("m{i}"),
+            &format!("{}\r\nend {i}", letter.repeat(*n)),
+        );
+        let id = relay.submit("alice@example.com", &["bob@example.org"], &msg);
+        let txns = sink.wait_txns(i + 1);
+        let data = &txns[i].data;
+        let tail = &data[data.len().saturating_sub(100)..];
+        assert!(
+            data.ends_with(&format!("{msg}\r\n")),
+            "message {i} ({n} bytes) went out ending with {tail:?}"
+        );
+        assert_eq!(data.matches("Subject:").count(), 1, "{tail:?}");
+        wait_for("the delivered message to leave the queue", || {
+            !relay.spool().join("queue").join(&id).exists()
+        });
+    }
+    let log = relay.log_text();
+    let reused = log.lines().filter(|l| l.contains(" overwrites ")).count();
+    assert!(
+        reused >= 2,
+        "no message overwrote a delivered one's file:\n{log}"
+    );
+
+    // Held in the queue, a message in a reused file shows exactly.
+    sink.rule("MAIL", "451 4.3.0 try again later");
+    let msg = message("held", "short");
+    let id = relay.submit("alice@example.com", &["bob@example.org"], &msg);
+    relay.wait_log(&format!("delivery {id}: deferred"));
+    let out = relay.cmd(&["queue", "show", &id]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.ends_with(&format!("{msg}\r\n")), "{shown:?}");
+}

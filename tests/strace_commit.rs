@@ -1,14 +1,16 @@
 //! The commit order, seen from the kernel (issue 7, item 5): under strace, each
 //! "250 2.0.0 Ok: queued as ID" is written only after, in the same thread, the fsync of
 //! the message file, its name in queue/ (the link of the unnamed file written in queue/,
-//! or the rename tmp/ID -> queue/ID where unnamed files are not available) and the fsync of
-//! the queue/ folder.
+//! the rename of a delivered message's file it overwrote, tmp/spare-OLD -> queue/ID, or the
+//! rename tmp/ID -> queue/ID where unnamed files are not available) and the fsync of the
+//! queue/ folder; and that nothing writes to the file between its fsync and its name.
 //!
 //! Needs strace (CI: `apt-get install -y strace`); without it, or where ptrace is not
 //! allowed, the test says so and passes. tools/strace-commit.sh shows the same by hand.
 
 mod common;
 
+use common::smarthost::{Opts, Sink};
 use common::*;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -17,7 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// The syscalls traced: the ones a commit is made of, and the reply.
-const TRACE: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,linkat,openat,write,sendto";
+const TRACE: &str =
+    "trace=fsync,fdatasync,rename,renameat,renameat2,linkat,openat,write,pwrite64,sendto";
 
 fn strace_works() -> bool {
     Command::new("strace")
@@ -66,14 +69,13 @@ fn check_commit_order(
                 .rev()
                 .find(|&i| calls[i].0 == *pid && pred(&calls[i].1, &calls[i].2))
         };
-        let tmp = format!("/tmp/{id}");
         let dest = format!("/queue/{id}");
         let dir_sync = before(w, &|n, l| {
             (n == "fsync" || n == "fdatasync") && l.contains("/queue>")
         })
         .ok_or_else(|| format!("{id}: no fsync of queue/ before the 250"))?;
         let named = |n: &str, l: &str| {
-            (n.starts_with("rename") && l.contains(&format!("{tmp}\"")) || n == "linkat")
+            (n.starts_with("rename") && renamed_from(l).is_some() || n == "linkat")
                 && l.contains(&format!("{dest}\""))
         };
         let rename = before(dir_sync, &named).ok_or_else(|| {
@@ -97,12 +99,30 @@ fn check_commit_order(
                         "{id}: descriptor {fd} reopened between fsync and link"
                     ));
                 }
+                if calls[sync..rename].iter().any(|(_, n, l)| {
+                    (n.starts_with("write") || n.starts_with("pwrite"))
+                        && l.contains(&format!("({fd}</"))
+                }) {
+                    return Err(format!("{id}: the unnamed file written after its fsync"));
+                }
                 sync
             }
-            None => before(rename, &|n, l| {
-                (n == "fsync" || n == "fdatasync") && l.contains(&format!("{tmp}>"))
-            })
-            .ok_or_else(|| format!("{id}: no fsync of tmp/{id} before the rename"))?,
+            // A file in tmp/ (a new one, or a spare overwritten): the fsync of that path, and no
+            // write to it after that fsync.
+            None => {
+                let src = renamed_from(&calls[rename].2).unwrap_or_default();
+                let sync = before(rename, &|n, l| {
+                    (n == "fsync" || n == "fdatasync") && l.contains(&format!("{src}>"))
+                })
+                .ok_or_else(|| format!("{id}: no fsync of {src} before the rename"))?;
+                if calls[sync..rename].iter().any(|(_, n, l)| {
+                    (n.starts_with("write") || n.starts_with("pwrite"))
+                        && l.contains(&format!("{src}>"))
+                }) {
+                    return Err(format!("{id}: {src} written after its fsync"));
+                }
+                sync
+            }
         };
         // Nothing in between undid it: no later rename or link of this id before the reply.
         if before(w, &|n, l| {
@@ -122,63 +142,111 @@ fn check_commit_order(
     Ok(proof)
 }
 
-#[test]
-fn each_250_follows_file_fsync_link_and_folder_fsync() {
-    if !strace_works() {
-        eprintln!("SKIPPED: strace is not installed or ptrace is not allowed here (CI: apt-get install -y strace)");
-        return;
-    }
-    let dir = TempDir::new("strace");
-    let spool = dir.path().join("spool");
-    let config = dir.path().join("picorelay.ini");
-    let pid_file = dir.path().join("relay.pid");
-    let trace = dir.path().join("trace.txt");
-    // Hold mode: no delivery, so the only renames are commits.
-    std::fs::write(
-        &config,
-        merge_ini(
+/// A relay running under strace, with its trace written to a file.
+struct Traced {
+    dir: TempDir,
+    strace: std::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+    addr: std::net::SocketAddr,
+}
+
+impl Traced {
+    /// start runs the relay under strace with `extra` merged into its config; None (and a note) where
+    /// strace cannot run.
+    fn start(extra: &str) -> Option<Traced> {
+        if !strace_works() {
+            eprintln!("SKIPPED: strace is not installed or ptrace is not allowed here (CI: apt-get install -y strace)");
+            return None;
+        }
+        let dir = TempDir::new("strace");
+        let spool = dir.path().join("spool");
+        let config = dir.path().join("picorelay.ini");
+        let ini = merge_ini(
             &base_ini(&spool),
             &format!(
                 "[server]\npid_file = {}\n[log]\nlevel = info\n",
-                pid_file.display()
+                dir.path().join("relay.pid").display()
             ),
-        ),
-    )
-    .unwrap();
-    let mut strace = Command::new("strace")
-        .args(["-f", "-y", "-s", "65536", "-e", TRACE, "-o"])
-        .arg(&trace)
-        .arg(bin())
-        .arg("-c")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let (log, stderr) = (Arc::clone(&log), strace.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
+        );
+        std::fs::write(&config, merge_ini(&ini, extra)).unwrap();
+        let mut strace = Command::new("strace")
+            .args(["-f", "-y", "-s", "65536", "-e", TRACE, "-o"])
+            .arg(dir.path().join("trace.txt"))
+            .arg(bin())
+            .arg("-c")
+            .arg(&config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        {
+            let (log, stderr) = (Arc::clone(&log), strace.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut addr = None;
+        wait_for("the traced relay to listen", || {
+            addr = log
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.split("listening on ").nth(1)?.trim().parse().ok());
+            addr.is_some()
         });
+        Some(Traced {
+            addr: addr.unwrap(),
+            dir,
+            strace,
+            log,
+        })
     }
-    let mut addr = None;
-    wait_for("the traced relay to listen", || {
-        addr = log
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| l.split("listening on ").nth(1)?.trim().parse().ok());
-        addr.is_some()
-    });
-    let addr = addr.unwrap();
+
+    /// stop ends the relay and checks the order of every commit in `ids`; returns the proofs.
+    fn stop(mut self, ids: &[String]) -> BTreeMap<String, Vec<String>> {
+        let pid = std::fs::read_to_string(self.dir.path().join("relay.pid")).unwrap();
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = self.strace.wait().unwrap();
+        assert!(
+            st.success(),
+            "relay under strace: {st}: {:?}",
+            self.log.lock().unwrap()
+        );
+        let trace = self.dir.path().join("trace.txt");
+        let text = std::fs::read_to_string(&trace).unwrap();
+        match check_commit_order(&text, ids) {
+            Ok(proof) => {
+                let (id, lines) = proof.iter().next().unwrap();
+                eprintln!("{} messages checked; the first, {id}:", proof.len());
+                for l in lines {
+                    eprintln!("  {l}");
+                }
+                proof
+            }
+            Err(why) => panic!("{why}\n(trace kept in {})", keep(&trace).display()),
+        }
+    }
+}
+
+#[test]
+fn each_250_follows_file_fsync_link_and_folder_fsync() {
+    // Hold mode: no delivery, so the only renames are commits.
+    let Some(relay) = Traced::start("") else {
+        return;
+    };
     let mut ids = Vec::new();
     for session in 0..2 {
-        let mut c = Client::connect(addr);
+        let mut c = Client::connect(relay.addr);
         c.greet();
         for i in 0..5 {
             let r = c.send_message(
@@ -190,31 +258,54 @@ fn each_250_follows_file_fsync_link_and_folder_fsync() {
         }
         c.expect("QUIT", "221");
     }
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    let st = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.trim())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let st = strace.wait().unwrap();
-    assert!(
-        st.success(),
-        "relay under strace: {st}: {:?}",
-        log.lock().unwrap()
-    );
+    relay.stop(&ids);
+}
 
-    let text = std::fs::read_to_string(&trace).unwrap();
-    match check_commit_order(&text, &ids) {
-        Ok(proof) => {
-            let (id, lines) = proof.iter().next().unwrap();
-            eprintln!("{} messages checked; the first, {id}:", proof.len());
-            for l in lines {
-                eprintln!("  {l}");
-            }
-        }
-        Err(why) => panic!("{why}\n(trace kept in {})", keep(&trace).display()),
+/// With a smarthost, delivered messages' files are overwritten by new ones (tmp/spare-OLD renamed to
+/// queue/NEW): the same order holds for them, with fdatasync as the file's sync.
+#[test]
+fn a_reused_file_is_synced_before_its_name_and_the_folder_before_the_250() {
+    let sink = Sink::start(Opts::plain());
+    let Some(relay) = Traced::start(&format!(
+        "[smarthost]\nhost = {}\ntls = none\n",
+        sink.addr()
+    )) else {
+        return;
+    };
+    let mut c = Client::connect(relay.addr);
+    c.greet();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let r = c.send_message("a@b.test", &["c@d.test"], &message(&format!("m{i}"), "x"));
+        ids.push(queued_id(&r));
+        // Delivered and removed before the next one, so its file can be kept for a later message.
+        sink.wait_txns(i + 1);
+        wait_for("the delivered message to leave queue/", || {
+            !relay
+                .dir
+                .path()
+                .join("spool/queue")
+                .join(ids.last().unwrap())
+                .exists()
+        });
     }
+    c.expect("QUIT", "221");
+    let proof = relay.stop(&ids);
+    let reused: Vec<&String> = proof
+        .iter()
+        .filter(|(_, lines)| lines.iter().any(|l| l.contains("/tmp/spare-")))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        reused.len() >= 2,
+        "at most one of 6 messages overwrote a delivered one's file: {proof:#?}"
+    );
+}
+
+/// renamed_from is the source of a rename from tmp/: "/…/tmp/NAME".
+fn renamed_from(line: &str) -> Option<&str> {
+    let src = line.split('"').nth(1)?;
+    src.contains("/tmp/").then_some(src)
 }
 
 /// linked_fd is N of a `linkat(…, "/proc/self/fd/N", …)` line: the unnamed file it names.
@@ -297,6 +388,36 @@ fn checker_refuses_a_250_before_the_folder_fsync() {
         ),
         // No folder fsync.
         good.replace("10 fsync(6</s/queue>) = 0\n", ""),
+    ];
+    for bad in cases {
+        assert!(check_commit_order(&bad, &ids).is_err(), "{bad}");
+    }
+
+    // The same with a delivered message's file overwritten in place.
+    let good = r#"10 openat(AT_FDCWD</>, "/s/tmp/spare-OLD", O_WRONLY|O_CLOEXEC) = 5</s/tmp/spare-OLD>
+10 write(5</s/tmp/spare-OLD>, "picorelay-spool 2\n", 18) = 18
+10 pwrite64(5</s/tmp/spare-OLD>, "00000000000000000005", 20, 26) = 20
+10 fdatasync(5</s/tmp/spare-OLD>) = 0
+10 rename("/s/tmp/spare-OLD", "/s/queue/ID1") = 0
+10 fsync(6</s/queue>) = 0
+10 write(4<TCP:[1]>, "250 2.0.0 Ok: queued as ID1\r\n", 29) = 29
+"#;
+    assert!(check_commit_order(good, &ids).is_ok());
+    let cases = [
+        // The length written after the sync.
+        good.replace(
+            "10 pwrite64(5</s/tmp/spare-OLD>, \"00000000000000000005\", 20, 26) = 20\n",
+            "",
+        )
+        .replace(
+            "10 rename(",
+            "10 pwrite64(5</s/tmp/spare-OLD>, \"00000000000000000005\", 20, 26) = 20\n10 rename(",
+        ),
+        // Another file synced.
+        good.replace(
+            "10 fdatasync(5</s/tmp/spare-OLD>)",
+            "10 fdatasync(7</s/tmp/spare-X>)",
+        ),
     ];
     for bad in cases {
         assert!(check_commit_order(&bad, &ids).is_err(), "{bad}");

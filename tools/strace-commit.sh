@@ -1,7 +1,8 @@
 #!/bin/bash
 # strace-commit.sh — shows, from the kernel's side, that picorelay answers
 # "250 2.0.0 Ok: queued as ID" only after the message file's fsync, its name in
-# queue/ (the link of the unnamed file it wrote in queue/, or the rename
+# queue/ (the link of the unnamed file it wrote in queue/, the rename of a
+# delivered message's file it overwrote, tmp/spare-OLD -> queue/ID, or the rename
 # tmp/ID -> queue/ID where unnamed files are not available) and the fsync of the
 # queue/ folder, in that order, in the thread that writes the 250.
 #
@@ -36,7 +37,7 @@ dir = $dir/spool
 level = info
 file = $dir/relay.log
 INI
-strace -f -y -s 65536 -e trace=fsync,fdatasync,rename,renameat,renameat2,linkat,openat,write,sendto \
+strace -f -y -s 65536 -e trace=fsync,fdatasync,rename,renameat,renameat2,linkat,openat,write,pwrite64,sendto \
 	-o "$dir/trace.txt" "$bin" -c "$dir/picorelay.ini" serve &
 tracer=$!
 for _ in $(seq 100); do
@@ -66,16 +67,22 @@ tracer=
 # Per thread (strace's pid column): file fsync -> link or rename -> folder fsync -> the 250.
 awk -v tmp="$dir/spool/tmp/" -v queue="$dir/spool/queue" '
 	function id_after(s, key,   t) { t = substr(s, index(s, key) + length(key)); sub(/[^0-9A-Za-z].*/, "", t); return t }
+	# A file in tmp/: tmp/ID, or a delivered message'"'"'s file overwritten in place, tmp/spare-OLD.
+	function name_after(s, key,   t) { t = substr(s, index(s, key) + length(key)); sub(/[^0-9A-Za-z-].*/, "", t); return t }
 	$2 ~ /^<\.\.\./ { next }
 	{ pid = $1; call = $2; sub(/\(.*/, "", call) }
 	(call == "fsync" || call == "fdatasync") && index($0, tmp) {
-		id = id_after($0, tmp); step[pid, id] = 1; proof[pid, id] = $0; next
+		name = name_after($0, tmp); synced[pid, name] = $0; next
 	}
+	(call == "write" || call == "pwrite64") && index($0, tmp) { delete synced[pid, name_after($0, tmp)]; next }
 	# An unnamed file (O_TMPFILE in queue/): its descriptor is fsynced, then linked.
 	(call == "fsync" || call == "fdatasync") && index($0, queue "/#") {
 		fd = substr($0, index($0, "(") + 1); sub(/<.*/, "", fd); unnamed[pid, fd] = $0; next
 	}
 	call == "openat" { fd = $0; sub(/.*= /, "", fd); sub(/<.*/, "", fd); delete unnamed[pid, fd] }
+	(call == "write" || call == "pwrite64") && index($0, queue "/#") {
+		fd = substr($0, index($0, "(") + 1); sub(/<.*/, "", fd); delete unnamed[pid, fd]; next
+	}
 	call == "linkat" && index($0, "/proc/self/fd/") && index($0, queue "/") {
 		fd = substr($0, index($0, "/proc/self/fd/") + 14); sub(/".*/, "", fd)
 		id = id_after(substr($0, index($0, queue "/")), queue "/")
@@ -83,8 +90,8 @@ awk -v tmp="$dir/spool/tmp/" -v queue="$dir/spool/queue" '
 		next
 	}
 	call ~ /^rename/ && index($0, tmp) && index($0, queue "/") {
-		id = id_after($0, tmp)
-		if (step[pid, id] == 1) { step[pid, id] = 2; proof[pid, id] = proof[pid, id] "\n" $0; last[pid] = id }
+		name = name_after($0, tmp); id = id_after(substr($0, index($0, queue "/")), queue "/")
+		if ((pid, name) in synced) { step[pid, id] = 2; proof[pid, id] = synced[pid, name] "\n" $0; last[pid] = id }
 		next
 	}
 	(call == "fsync" || call == "fdatasync") && index($0, queue ">") {
