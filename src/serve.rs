@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::config::ReuseFiles;
 use crate::delivery::{Runner, StageError};
 use crate::logging::{self, LogFile};
 use crate::privilege::{self, Plan};
@@ -177,7 +178,17 @@ fn start(cfg: Config) -> Result<(), String> {
     }
     let _ = spool.clean_tmp(TMP_LEFTOVER_AGE);
     // After the drop: the files it keeps are then the relay user's, as the new ones it writes.
-    spool.recycle_delivered();
+    let reuse = match cfg.queue.reuse_files {
+        ReuseFiles::Yes => true,
+        ReuseFiles::No => false,
+        // Without a journal, a renamed file's fsync writes its folder too: reuse costs a write more there.
+        ReuseFiles::Auto => !sys::ext4_without_journal(spool.dir()),
+    };
+    spool.recycle_delivered(reuse);
+    log::debug!(
+        "spool: delivered messages' files are {}",
+        if reuse { "reused" } else { "removed" }
+    );
     let queued = spool
         .scan()
         .map_err(|e| format!("{file}: [queue] dir: {e}"))?;

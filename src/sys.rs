@@ -377,21 +377,42 @@ pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Res
 /// on_ram_filesystem tells whether `path` lives on tmpfs or ramfs (OpenWrt's
 /// /tmp and /var): mail there is lost on reboot.
 pub fn on_ram_filesystem(path: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
+    matches!(fs_magic(path), Some(TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+/// fs_magic is the filesystem type (statfs f_type) of `path`, None when it cannot be asked.
+fn fs_magic(path: &std::path::Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statfs writes into a zeroed struct we own; cpath is NUL-terminated.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         if libc::statfs(cpath.as_ptr(), &mut st) != 0 {
-            return false;
+            return None;
         }
-        let t = st.f_type as i64;
-        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+        Some(st.f_type as i64)
     }
+}
+
+/// ext4_without_journal tells whether `path` lives on an ext2/3/4 filesystem that has no journal (or
+/// whose journal cannot be seen: ext4 registers each internal journal as /proc/fs/jbd2/DEV-8).
+pub fn ext4_without_journal(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    if fs_magic(path) != Some(EXT4_SUPER_MAGIC) {
+        return false;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return true;
+    };
+    let dev = meta.dev();
+    let sysfs = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    let name = std::fs::canonicalize(sysfs)
+        .ok()
+        .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
+    !name.is_some_and(|n| std::path::Path::new(&format!("/proc/fs/jbd2/{n}-8")).exists())
 }
 
 /// sd_notify sends one state message to systemd over $NOTIFY_SOCKET; nothing
@@ -440,6 +461,17 @@ pub fn current_user_name() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystem_types() {
+        // /proc is procfs, /dev/shm tmpfs: neither is an ext4, with or without a journal.
+        assert!(!ext4_without_journal(std::path::Path::new("/proc")));
+        assert!(!ext4_without_journal(std::path::Path::new("/no/such/dir")));
+        if std::path::Path::new("/dev/shm").is_dir() {
+            assert!(on_ram_filesystem(std::path::Path::new("/dev/shm")));
+            assert!(!ext4_without_journal(std::path::Path::new("/dev/shm")));
+        }
+    }
 
     #[test]
     fn lookup_root_and_missing() {

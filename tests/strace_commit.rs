@@ -267,7 +267,7 @@ fn each_250_follows_file_fsync_link_and_folder_fsync() {
 fn a_reused_file_is_synced_before_its_name_and_the_folder_before_the_250() {
     let sink = Sink::start(Opts::plain());
     let Some(relay) = Traced::start(&format!(
-        "[smarthost]\nhost = {}\ntls = none\n",
+        "[smarthost]\nhost = {}\ntls = none\n[queue]\nreuse_files = yes\n",
         sink.addr()
     )) else {
         return;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """io-micro.py — what one durable message costs the disk under several commit patterns.
 
-    tools/io-micro.py DIR [N]
+    tools/io-micro.py DIR [N] [STAT]
 
 Writes N (default 500) messages of 4.4 KB in a scratch folder under DIR, each
 made durable the way the pattern says, the previous one removed as a delivered
@@ -9,15 +9,17 @@ message is, and prints, per pattern, the write I/Os and KB (1000 bytes)
 written per message at the block device holding DIR (/sys/dev/block/MAJ:MIN/
 stat, `sync` before and after, nothing subtracted), and the journal commits
 per message when the filesystem is a journaled ext4 (/proc/fs/jbd2/*/info).
-Run it on a quiet device (a loop-mounted image is the cleanest). Patterns:
+STAT names the block device's stat file where DIR's device number has none (btrfs:
+/sys/block/loopN/stat). Run it on a quiet device (a loop-mounted image is the cleanest). Patterns:
 
   tmp-rename   write tmp/X, fsync, rename to q/X, fsync q/  (picorelay where O_TMPFILE is missing)
   unnamed-link O_TMPFILE in q/, write, fsync, linkat q/X, fsync q/  (picorelay)
   one-fsync    create q/X, write, fsync  (Postfix: no folder fsync)
   link-first   O_TMPFILE, write, linkat q/X, fsync, fsync q/  (one commit, but a crash can leave a
                partial file named in q/: not picorelay's order)
-  reuse        overwrite a delivered file in place, fdatasync, rename into q/, fsync q/ (needs a
-               length field in the spool format; not picorelay's)
+  reuse        a delivered file renamed to tmp/ is overwritten in place once a later fsync of q/
+               covered that rename, fdatasync, renamed into q/, fsync q/ (picorelay with
+               [queue] reuse_files; a new unnamed file when no spare is ready)
 """
 import ctypes, os, shutil, sys, time
 
@@ -58,7 +60,7 @@ def run(base, mode, n, stat, jinfo):
     os.makedirs(base + "/q")
     q = os.open(base + "/q", os.O_RDONLY | os.O_DIRECTORY)
     data = b"h" * 300 + b"x" * 4096
-    spare = base + "/tmp/spare"
+    pending, ready = [], []  # spares: renamed out of q/; renamed and covered by a q/ fsync
     prev = None
     w0, s0, c0 = counters(stat, jinfo)
     t = time.time()
@@ -78,12 +80,20 @@ def run(base, mode, n, stat, jinfo):
             fd = os.open(base + "/q", os.O_WRONLY | os.O_TMPFILE, 0o640)
             os.write(fd, data); link_fd(fd, name); os.fsync(fd); os.close(fd); os.fsync(q)
         elif mode == "reuse":
-            flags = os.O_WRONLY if os.path.exists(spare) else os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            fd = os.open(spare, flags, 0o640)
-            os.pwrite(fd, data, 0); os.fdatasync(fd); os.close(fd)
-            os.rename(spare, name); os.fsync(q)
+            if ready:
+                spare = ready.pop()
+                fd = os.open(spare, os.O_WRONLY)
+                os.pwrite(fd, data, 0); os.fdatasync(fd); os.close(fd)
+                os.rename(spare, name)
+            else:
+                fd = os.open(base + "/q", os.O_WRONLY | os.O_TMPFILE, 0o640)
+                os.write(fd, data); os.fsync(fd); link_fd(fd, name); os.close(fd)
+            os.fsync(q)
+            ready += pending
+            pending = []
             if prev:
-                os.rename(prev, spare)
+                pending.append(f"{base}/tmp/spare-{i}")
+                os.rename(prev, pending[-1])
             prev = name
             continue
         if prev:
@@ -103,7 +113,7 @@ def main():
         sys.exit(__doc__)
     top = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    stat, name = device(top)
+    stat, name = device(top) if len(sys.argv) < 4 else (sys.argv[3], os.path.basename(os.path.dirname(sys.argv[3])))
     jinfo = journal(name)
     print(f"{n} messages per pattern on {name} ({top}){', journaled' if jinfo else ''}")
     for mode in ("tmp-rename", "unnamed-link", "one-fsync", "link-first", "reuse"):

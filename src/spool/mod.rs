@@ -301,11 +301,11 @@ impl Spool {
         &self.dir
     }
 
-    /// recycle_delivered makes `delete_delivered` keep a few delivered messages' files for new messages to
-    /// overwrite (see spares.rs). For the relay, the one process that delivers; call it as the user the relay
-    /// runs as. Removes the spares an earlier run left.
-    pub fn recycle_delivered(&self) {
-        self.spares.enable(&self.tmp);
+    /// recycle_delivered removes the spares an earlier run left and, when `on`, makes `delete_delivered` keep
+    /// a few delivered messages' files for new messages to overwrite (see spares.rs). For the relay, the one
+    /// process that delivers; call it as the user the relay runs as.
+    pub fn recycle_delivered(&self, on: bool) {
+        self.spares.enable(&self.tmp, on);
     }
 
     /// Bytes of queued message files, as this process last knew them (begin refuses new mail past max_size).
@@ -1323,7 +1323,7 @@ pub(super) mod tests {
     fn a_delivered_file_is_overwritten_once_its_removal_is_on_disk() {
         let t = TempDir::new("reuse");
         let spool = Spool::open(&t.0, 0).unwrap();
-        spool.recycle_delivered();
+        spool.recycle_delivered(true);
         let (q, tmp) = (t.0.join("queue"), t.0.join("tmp"));
         let long = format!("Subject: long\r\n\r\n{}\r\n", "x".repeat(6000));
         let m1 = queue_one(&spool, &env(), long.as_bytes());
@@ -1382,7 +1382,7 @@ pub(super) mod tests {
         fs::write(tmp.join("spare-0abc"), b"old").unwrap();
         spool.clean_tmp(Duration::ZERO).unwrap();
         assert_eq!(files(&tmp), ["spare-0abc"]);
-        spool.recycle_delivered();
+        spool.recycle_delivered(true);
         assert!(files(&tmp).is_empty());
 
         let ids: Vec<String> = (0..40)
@@ -1395,7 +1395,7 @@ pub(super) mod tests {
         assert_eq!(spool.spares.len(), spares::MAX_FILES);
         // Too big a file, or one with another link, is unlinked.
         let spool2 = Spool::open(&t.0.join("b"), 0).unwrap();
-        spool2.recycle_delivered();
+        spool2.recycle_delivered(true);
         let big = queue_one(&spool2, &env(), &vec![b'a'; 300 * 1024]);
         spool2.delete_delivered(&big).unwrap();
         let linked = queue_one(&spool2, &env(), b"x\r\n");
@@ -1409,7 +1409,7 @@ pub(super) mod tests {
     fn an_aborted_message_in_a_spare_leaves_nothing() {
         let t = TempDir::new("spare-abort");
         let spool = Spool::open(&t.0, 0).unwrap();
-        spool.recycle_delivered();
+        spool.recycle_delivered(true);
         let id = queue_one(&spool, &env(), b"Subject: a\r\n\r\nbody\r\n");
         spool.delete_delivered(&id).unwrap();
         spool.sync_pending().unwrap();

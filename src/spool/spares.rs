@@ -14,6 +14,12 @@
 //!
 //! Only the relay keeps spares (`Spool::recycle_delivered`); other processes sharing the spool unlink as
 //! before. The pool is small and bounded (files, bytes per file and in all), and emptied at start-up.
+//!
+//! Where it pays (`tools/io-micro.py`, one message at a time, 4.4 KB, per message): ext4 with a journal
+//! 5.02 → 4.02 write I/Os and 61.5 → 29.0 KB; xfs 3.00 → 3.00 and 13.0 → 10.3 KB; btrfs 21.2 → 13.6 and
+//! 282 → 157 KB. On ext4 without a journal it costs one write more (6.01 → 7.01): the fsync of a file
+//! renamed into a folder also writes that folder there (`ext4_sync_parent`), so `[queue] reuse_files =
+//! auto` leaves it off on such a filesystem.
 
 use std::fs;
 use std::io;
@@ -58,9 +64,9 @@ impl Spares {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// enable starts keeping files, after removing the spares a previous run left in `tmp`: nothing is known
-    /// about whether their removal from queue/ reached the disk.
-    pub fn enable(&self, tmp: &Path) {
+    /// enable removes the spares a previous run left in `tmp` (nothing is known about whether their removal
+    /// from queue/ reached the disk) and, when `on`, starts keeping files.
+    pub fn enable(&self, tmp: &Path, on: bool) {
         if let Ok(entries) = fs::read_dir(tmp) {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(PREFIX) {
@@ -68,7 +74,7 @@ impl Spares {
                 }
             }
         }
-        self.lock().on = true;
+        self.lock().on = on;
     }
 
     /// keep moves the delivered message at `path` (queue/ID) to tmp/spare-ID when the pool has room for it
