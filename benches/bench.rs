@@ -91,7 +91,9 @@ const USAGE: &str =
   --only S       run only the cases whose name contains S (S1,S2: any of them)
   PICORELAY_BENCH_DIR  directory for the temporary spools (default: the system temp dir)
   PICORELAY_BENCH_LOG  log level of the relays under test (default info; debug
-                 logs the smarthost dialogue)";
+                 logs the smarthost dialogue)
+  PICORELAY_BENCH_REUSE_FILES  [queue] reuse_files of the relays under test (default:
+                 not set, so auto)";
 
 /// Command-line options.
 struct Opts {
@@ -1994,11 +1996,14 @@ impl Relay {
             "workers = 16\n"
         };
         let level = std::env::var("PICORELAY_BENCH_LOG").unwrap_or_else(|_| "info".into());
+        let reuse = std::env::var("PICORELAY_BENCH_REUSE_FILES")
+            .map(|v| format!("reuse_files = {v}\n"))
+            .unwrap_or_default();
         let cfg = format!(
             "[server]\nlisten = {addr}\nhostname = bench.test\n{workers}\
              max_message_size = 20M\n{extra}\n\
              [smarthost]\n{smarthost}\n\
-             [queue]\ndir = {}\nmax_size = 50G\n\n\
+             [queue]\ndir = {}\nmax_size = 50G\n{reuse}\n\
              [log]\nlevel = {level}\nfile = {}\n",
             dir.join("spool").display(),
             dir.join("picorelay.log").display()

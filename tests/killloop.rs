@@ -120,8 +120,10 @@ fn message_id(data: &str) -> Option<String> {
 
 fn kill_loop(rounds: usize) -> Figures {
     let sink = Sink::start(Opts::plain());
+    // reuse_files = yes: delivered messages' files are written over by new ones whatever the disk, so
+    // kills also land in the middle of an overwrite.
     let mut relay = Relay::start(&format!(
-        "[server]\nworkers = 8\n\n[smarthost]\nhost = {}\ntls = none\n\n[queue]\nretry_min = 1s\nretry_max = 2s\n\n[log]\nlevel = info\n",
+        "[server]\nworkers = 8\n\n[smarthost]\nhost = {}\ntls = none\n\n[queue]\nretry_min = 1s\nretry_max = 2s\nreuse_files = yes\n\n[log]\nlevel = info\n",
         sink.addr()
     ));
     let addr = Arc::new(Mutex::new(relay.addr()));

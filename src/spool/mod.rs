@@ -20,7 +20,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -266,6 +266,8 @@ pub struct Spool {
     unnamed: Arc<AtomicBool>,
     /// Delivered messages' files kept for new messages (the relay only).
     spares: Spares,
+    /// Messages being written now (Incomings alive).
+    writing: Arc<AtomicUsize>,
 }
 
 impl Spool {
@@ -283,6 +285,7 @@ impl Spool {
             // linkat names an unnamed file through /proc/self/fd.
             unnamed: Arc::new(AtomicBool::new(Path::new("/proc/self/fd").is_dir())),
             spares: Spares::default(),
+            writing: Arc::new(AtomicUsize::new(0)),
         };
         let mut created = ensure_dir(dir)?;
         for sub in [&spool.tmp, &spool.queue, &spool.corrupt] {
@@ -473,15 +476,23 @@ impl Spool {
         if self.max_size > 0 && self.usage() >= self.max_size {
             return Err(SpoolError::Full);
         }
-        let (id, aside, file) = match self.reuse() {
+        // A spare's fdatasync ends with a cache flush of its own, where a new file's fsync can share the
+        // journal commit of messages committed at the same moment: with 20 sessions a spare cost 2.52
+        // write I/Os per message against 2.43 (journaled ext4, make bench). So spares go to a message
+        // written alone, which is where they save a journal commit.
+        let alone = self.writing.load(Ordering::SeqCst) == 0;
+        let reused = if alone { self.reuse() } else { None };
+        let (id, aside, file) = match reused {
             Some(found) => found,
             None => self.fresh_aside()?,
         };
+        self.writing.fetch_add(1, Ordering::SeqCst);
         let mut incoming = Incoming {
             id,
             aside: Some(aside),
             header_len: 0,
             written: 0,
+            writing: Arc::clone(&self.writing),
             unnamed: Arc::clone(&self.unnamed),
             queue: self.queue.clone(),
             writer: Some(BufWriter::with_capacity(WRITE_BUF, file)),
@@ -735,6 +746,8 @@ pub struct Incoming {
     /// Bytes of the header, and bytes written so far (header included).
     header_len: u64,
     written: u64,
+    /// The spool's count of messages being written; this one leaves it on drop.
+    writing: Arc<AtomicUsize>,
     usage: Arc<AtomicU64>,
     queue_sync: Arc<DirSync>,
 }
@@ -885,13 +898,13 @@ fn rename_new(tmp: &Path, dest: &Path) -> Result<(), SpoolError> {
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.discard();
+        self.writing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     /// A fresh directory under the system temp dir, removed on drop.
     pub(super) struct TempDir(pub(super) PathBuf);
@@ -1424,5 +1437,30 @@ pub(super) mod tests {
         assert!(files(&t.0.join("tmp")).is_empty());
         assert!(files(&t.0.join("queue")).is_empty());
         assert_eq!(spool.usage(), 0);
+    }
+
+    #[test]
+    fn a_spare_goes_to_a_message_written_alone() {
+        let t = TempDir::new("spare-alone");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        spool.recycle_delivered(true);
+        for _ in 0..2 {
+            let id = queue_one(&spool, &env(), b"Subject: a\r\n\r\nbody\r\n");
+            spool.delete_delivered(&id).unwrap();
+        }
+        spool.sync_pending().unwrap();
+        assert_eq!(spool.spares.len(), 2);
+        // The first, alone, takes a spare; the second, while the first is being written, gets a new file
+        // (its fsync can share a journal commit with others).
+        let first = spool.begin(&env()).unwrap();
+        assert_eq!(spool.spares.len(), 1);
+        let second = spool.begin(&env()).unwrap();
+        assert_eq!(spool.spares.len(), 1);
+        drop((first, second));
+        // Alone again: the next one takes the other spare.
+        let alone = spool.begin(&env()).unwrap();
+        assert_eq!(spool.spares.len(), 0);
+        drop(alone);
+        assert!(files(&t.0.join("tmp")).is_empty());
     }
 }
