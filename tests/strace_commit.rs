@@ -207,8 +207,8 @@ impl Traced {
         })
     }
 
-    /// stop ends the relay and checks the order of every commit in `ids`; returns the proofs.
-    fn stop(mut self, ids: &[String]) -> BTreeMap<String, Vec<String>> {
+    /// stop ends the relay and checks the order of every commit in `ids`; returns the proofs and the trace.
+    fn stop(mut self, ids: &[String]) -> (BTreeMap<String, Vec<String>>, String) {
         let pid = std::fs::read_to_string(self.dir.path().join("relay.pid")).unwrap();
         let st = Command::new("kill")
             .arg("-TERM")
@@ -231,7 +231,7 @@ impl Traced {
                 for l in lines {
                     eprintln!("  {l}");
                 }
-                proof
+                (proof, text)
             }
             Err(why) => panic!("{why}\n(trace kept in {})", keep(&trace).display()),
         }
@@ -290,7 +290,13 @@ fn a_reused_file_is_synced_before_its_name_and_the_folder_before_the_250() {
         });
     }
     c.expect("QUIT", "221");
-    let proof = relay.stop(&ids);
+    let (proof, trace) = relay.stop(&ids);
+    match check_spares_covered(&trace) {
+        Ok(n) => {
+            eprintln!("{n} spare(s) reused, each after a queue/ fsync that began after its rename")
+        }
+        Err(why) => panic!("{why}"),
+    }
     let reused: Vec<&String> = proof
         .iter()
         .filter(|(_, lines)| lines.iter().any(|l| l.contains("/tmp/spare-")))
@@ -300,6 +306,84 @@ fn a_reused_file_is_synced_before_its_name_and_the_folder_before_the_250() {
         reused.len() >= 2,
         "at most one of 6 messages overwrote a delivered one's file: {proof:#?}"
     );
+}
+
+/// check_spares_covered checks the power-loss rule of reuse: a delivered message's file, renamed
+/// queue/ID -> tmp/spare-ID, is opened for overwriting only after an fsync of queue/ that began after
+/// that rename has returned (so the removal of queue/ID is on disk: a power cut cannot bring the name
+/// back over new bytes). Returns how many reuses it checked.
+fn check_spares_covered(trace: &str) -> Result<usize, String> {
+    let lines: Vec<&str> = trace.lines().collect();
+    // Every fsync of queue/: (index of its start, index of its return).
+    let mut syncs = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some((pid, rest)) = l.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if !(rest.starts_with("fsync(") && rest.contains("/queue>")) {
+            continue;
+        }
+        if !rest.contains("<unfinished ...>") {
+            syncs.push((i, i));
+            continue;
+        }
+        let resumed = format!("{pid} <... fsync resumed>");
+        if let Some(j) = (i + 1..lines.len()).find(|&j| lines[j].starts_with(&resumed)) {
+            syncs.push((i, j));
+        }
+    }
+    let mut checked = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if !(l.contains(" openat(") && l.contains("/tmp/spare-") && l.contains("O_WRONLY")) {
+            continue;
+        }
+        let spare = l.split('"').nth(1).ok_or("openat without a path")?;
+        let name = spare.rsplit('/').next().unwrap_or_default();
+        let id = name.strip_prefix("spare-").unwrap_or_default();
+        let out = format!("/queue/{id}\", \"{spare}\"");
+        let r = (0..i)
+            .rev()
+            .find(|&j| lines[j].contains(" rename") && lines[j].contains(&out))
+            .ok_or_else(|| format!("{spare} opened, but no rename of queue/{id} to it before"))?;
+        if !syncs.iter().any(|&(start, end)| start > r && end < i) {
+            return Err(format!(
+                "{spare} overwritten without a queue/ fsync between its rename and its reuse:\n{}\n{}",
+                lines[r], l
+            ));
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// The reuse checker refuses a spare opened before a covering fsync of queue/.
+#[test]
+fn spare_checker_refuses_a_reuse_before_the_folder_fsync() {
+    let good = r#"20 rename("/s/queue/OLD", "/s/tmp/spare-OLD") = 0
+10 fsync(6</s/queue> <unfinished ...>
+20 write(2<pipe:[1]>, "log", 3) = 3
+10 <... fsync resumed>) = 0
+11 openat(AT_FDCWD</>, "/s/tmp/spare-OLD", O_WRONLY|O_CLOEXEC) = 7</s/tmp/spare-OLD>
+"#;
+    assert_eq!(check_spares_covered(good), Ok(1));
+    let cases = [
+        // The fsync began before the rename.
+        good.replace("20 rename(\"/s/queue/OLD\", \"/s/tmp/spare-OLD\") = 0\n", "")
+            .replace(
+                "20 write(",
+                "20 rename(\"/s/queue/OLD\", \"/s/tmp/spare-OLD\") = 0\n20 write(",
+            ),
+        // It had not returned yet.
+        good.replace("10 <... fsync resumed>) = 0\n", "")
+            .replace("\"/s/tmp/spare-OLD\", O_WRONLY|O_CLOEXEC) = 7</s/tmp/spare-OLD>\n", "\"/s/tmp/spare-OLD\", O_WRONLY|O_CLOEXEC) = 7</s/tmp/spare-OLD>\n10 <... fsync resumed>) = 0\n"),
+        // No fsync at all.
+        good.replace("10 fsync(6</s/queue> <unfinished ...>\n", "")
+            .replace("10 <... fsync resumed>) = 0\n", ""),
+    ];
+    for bad in cases {
+        assert!(check_spares_covered(&bad).is_err(), "{bad}");
+    }
 }
 
 /// renamed_from is the source of a rename from tmp/: "/…/tmp/NAME".

@@ -4,7 +4,7 @@
 #
 #   tools/killloop.sh [ROUNDS] [--release]
 #
-# Runs tests/killloop.rs (kill_loop_long) with the debug binary, or the release binary with
+# Runs tests/killloop.rs (kill_loop_long: 4 clients, then 1) with the debug binary, or the release binary with
 # --release. Prints: rounds, acknowledged, delivered, duplicates, lost (must be 0).
 set -eu
 cd "$(dirname "$0")/.."

@@ -19,7 +19,9 @@
 //! 5.02 → 4.02 write I/Os and 61.5 → 29.0 KB; xfs 3.00 → 3.00 and 13.0 → 10.3 KB; btrfs 21.2 → 13.6 and
 //! 282 → 157 KB. On ext4 without a journal it costs one write more (6.01 → 7.01): the fsync of a file
 //! renamed into a folder also writes that folder there (`ext4_sync_parent`), so `[queue] reuse_files =
-//! auto` leaves it off on such a filesystem.
+//! auto` leaves it off on such a filesystem. With many sessions at once a new file's fsync shares the
+//! journal commit of the others while a spare's fdatasync ends with a cache flush of its own, so a spare
+//! goes only to a message begun while no other is being written (`Spool::begin`).
 
 use std::fs;
 use std::io;
