@@ -26,7 +26,7 @@ pub mod passwd;
 pub mod session;
 #[path = "../../src/smtp/mod.rs"]
 pub mod smtp;
-#[path = "../../src/spool.rs"]
+#[path = "../../src/spool/mod.rs"]
 pub mod spool;
 #[path = "../../src/sys.rs"]
 pub mod sys;

@@ -23,7 +23,6 @@
 //! spaces) so no value can contain CR or LF; UTF-8 is kept as is so `queue show` stays readable.
 //! `orig=` and `reply=` are present only when set.
 //!
-//!
 //! `length` says where the message ends, so a file may be longer than its message: the spool reuses the file
 //! of a delivered message in place (see `spares.rs`) and leaves whatever lies past the new message. It is
 //! written last, over a placeholder, once the message is complete; a file shorter than its header says is

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::sys;
 
 mod dirsync;
-mod format;
+pub mod format;
 mod spares;
 
 use dirsync::{sync_dir, DirSync};
