@@ -341,10 +341,18 @@ fn check_spares_covered(trace: &str) -> Result<usize, String> {
         let spare = l.split('"').nth(1).ok_or("openat without a path")?;
         let name = spare.rsplit('/').next().unwrap_or_default();
         let id = name.strip_prefix("spare-").unwrap_or_default();
-        let out = format!("/queue/{id}\", \"{spare}\"");
+        let from = format!("/queue/{id}");
+        // rename("FROM", "TO") or renameat2(AT_FDCWD, "FROM", AT_FDCWD, "TO", 0) (aarch64, under qemu).
+        let renamed_out = |l: &str| {
+            let paths: Vec<&str> = l.split('"').skip(1).step_by(2).collect();
+            l.contains(" rename")
+                && paths.len() >= 2
+                && paths[0].ends_with(&from)
+                && paths[1] == spare
+        };
         let r = (0..i)
             .rev()
-            .find(|&j| lines[j].contains(" rename") && lines[j].contains(&out))
+            .find(|&j| renamed_out(lines[j]))
             .ok_or_else(|| format!("{spare} opened, but no rename of queue/{id} to it before"))?;
         if !syncs.iter().any(|&(start, end)| start > r && end < i) {
             return Err(format!(
@@ -367,6 +375,11 @@ fn spare_checker_refuses_a_reuse_before_the_folder_fsync() {
 11 openat(AT_FDCWD</>, "/s/tmp/spare-OLD", O_WRONLY|O_CLOEXEC) = 7</s/tmp/spare-OLD>
 "#;
     assert_eq!(check_spares_covered(good), Ok(1));
+    let renameat2 = good.replace(
+        "20 rename(\"/s/queue/OLD\", \"/s/tmp/spare-OLD\") = 0",
+        "20 renameat2(AT_FDCWD</>, \"/s/queue/OLD\", AT_FDCWD</>, \"/s/tmp/spare-OLD\", 0) = 0",
+    );
+    assert_eq!(check_spares_covered(&renameat2), Ok(1));
     let cases = [
         // The fsync began before the rename.
         good.replace("20 rename(\"/s/queue/OLD\", \"/s/tmp/spare-OLD\") = 0\n", "")
