@@ -715,6 +715,20 @@ impl Connection {
         tr: Transcript<'_>,
     ) -> Result<Reply, ClientError> {
         match self.wire.read_reply(timeout, false, tr) {
+            // RFC 5321 3.8: 421 is the smarthost ending the session, at any point of a
+            // transaction. The replies still due for a pipelined group never come, and reading
+            // on would turn its reason ("try again later", a rate limit) into a bare
+            // "connection closed": the reply is the error, throttle and all.
+            Ok(r) if r.code == 421 => {
+                self.broken = true;
+                Err(reply_error(
+                    Stage::Send,
+                    &self.wire.peer,
+                    what,
+                    &r,
+                    &self.throttles,
+                ))
+            }
             Ok(r) => Ok(r),
             Err(e) => Err(self.lost(what, e)),
         }
@@ -2820,6 +2834,44 @@ mod tests {
             (Some(Throttle::Rate), false),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_421_in_a_pipelined_group_is_the_error() {
+        // Gmail's throttle: 421 at MAIL or RCPT, then the connection is closed. The replies
+        // still due never come; the error is the 421's, so the queue pauses on its reason.
+        let try_later = "421 4.7.0 Try again later, closing connection.";
+        let ehlos = [
+            ("250-s\n250 PIPELINING", false),
+            ("250-s\n250-PIPELINING\n250 CHUNKING", true),
+        ];
+        for (ehlo, chunking) in ehlos {
+            for after_mail in [false, true] {
+                // The whole group is read first: closing on unread bytes would reset the
+                // connection and drop the 421 before the client reads it.
+                let mut script = vec![GREET, C("EHLO"), S(ehlo), C("MAIL"), C("RCPT")];
+                script.extend(if chunking {
+                    vec![C("BDAT"), Chunk]
+                } else {
+                    vec![C("DATA")]
+                });
+                if after_mail {
+                    script.push(S("250 2.1.0 ok"));
+                }
+                script.extend([S(try_later), Close]);
+                let srv = serve(script);
+                let mut c = Connection::open(&settings(&[srv.port], TlsMode::None), None).unwrap();
+                let e = send(&mut c, &["a@y.test"]).unwrap_err();
+                let case = format!("{ehlo:?}, 421 after MAIL's 250: {after_mail}");
+                assert_eq!(
+                    (e.throttle, e.permanent),
+                    (Some(Throttle::Rate), false),
+                    "{case}: {e}"
+                );
+                assert!(e.message.contains("Try again later"), "{case}: {e}");
+                assert!(c.broken, "{case}");
+            }
+        }
     }
 
     #[test]

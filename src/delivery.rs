@@ -1681,8 +1681,12 @@ impl Shared {
         }
         match throttle {
             // RFC 5321 4.5.3.1.8 lets a server take fewer recipients: the rest go at once, in
-            // a new transaction, not after a backoff.
-            Some((Throttle::TooManyRecipients, _)) => outcome.next_due = Some(now_ms()),
+            // a new transaction, not after a backoff. When it took none, the limit is not the
+            // transaction's (recipients per hour, per day): at once would loop on the refusal,
+            // so the queue pauses as for any throttle.
+            Some((Throttle::TooManyRecipients, _)) if !sent.is_empty() => {
+                outcome.next_due = Some(now_ms())
+            }
             Some((kind, text)) => {
                 outcome.next_due = Some(self.throttled(cfg, kind, &text, &remote))
             }

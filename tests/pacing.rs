@@ -6,7 +6,7 @@
 mod common;
 
 use common::json::{parse_json, Json};
-use common::smarthost::{At, Opts, Sink, Throttle, Txn};
+use common::smarthost::{At, Opts, Sink, Throttle, Txn, TOO_MANY_RCPTS_REPLY};
 use common::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -400,6 +400,67 @@ fn gmail_daily_quota_550_5_4_5_never_bounces() {
     wait_status(&relay, "delivery resumed", |j| {
         j.get("delivery.paused") == &Json::Bool(false)
     });
+}
+
+#[test]
+fn gmail_421_try_later_in_a_pipelined_group_pauses_the_queue() {
+    // Gmail answers MAIL with 421 and closes while RCPT and DATA, pipelined, wait unanswered:
+    // the pause must come from the 421, not from a read on the closed connection.
+    let sink = Sink::start(
+        Opts::plain()
+            .daily(0)
+            .throttle_with(Throttle::GmailTryLater, At::Mail),
+    );
+    let relay = Relay::start(&ini(&sink, ""));
+    let id = relay.submit(
+        "alice@example.com",
+        &["bob@example.org"],
+        &message("try later", "x"),
+    );
+    let j = wait_status(&relay, "delivery paused on the 421", |j| {
+        j.get("delivery.paused") == &Json::Bool(true)
+            && matches!(j.get("delivery.pause_reason"),
+                Json::Str(r) if r.contains("throttled") && r.contains("Try again later"))
+    });
+    assert!(j.num("queue.messages") >= 1.0, "{j:?}");
+    assert!(
+        relay.queue_line(&id).contains("Try again later"),
+        "queue list shows the smarthost's reason: {}",
+        relay.queue_line(&id)
+    );
+    sink.set_daily(None);
+    assert!(relay.cmd(&["queue", "flush"]).status.success());
+    let t = sink.wait_txns(1);
+    assert_eq!(subject(&t[0]), "try later");
+    wait_queue_empty(&relay);
+    assert_eq!(bounces(&sink), 0);
+    assert_eq!(mail(&sink).len(), 1, "sent once");
+}
+
+#[test]
+fn a_452_to_every_recipient_pauses_instead_of_retrying_at_once() {
+    // "Too many recipients" before any was taken is an account limit, not a transaction's:
+    // the rest-at-once rule of the test above would loop on it.
+    let sink = Sink::start(Opts::plain());
+    sink.rule("RCPT", TOO_MANY_RCPTS_REPLY);
+    let relay = Relay::start(&ini(&sink, ""));
+    let id = relay.submit(
+        "alice@example.com",
+        &["bob@example.org"],
+        &message("recipients limit", "x"),
+    );
+    wait_status(&relay, "delivery paused on the 452", |j| {
+        j.get("delivery.paused") == &Json::Bool(true)
+            && matches!(j.get("delivery.pause_reason"),
+                Json::Str(r) if r.contains("too many recipients"))
+    });
+    assert!(!relay.queue_line(&id).is_empty(), "{id} stays queued");
+    sink.clear_rules();
+    assert!(relay.cmd(&["queue", "flush"]).status.success());
+    let t = sink.wait_txns(1);
+    assert_eq!(subject(&t[0]), "recipients limit");
+    wait_queue_empty(&relay);
+    assert_eq!(bounces(&sink), 0);
 }
 
 #[test]
