@@ -1730,8 +1730,15 @@ impl Shared {
                 outcome.failures.push(f);
             }
         }
-        if !outcome.failures.is_empty() {
-            self.report(cfg, &env, &outcome);
+        if !outcome.failures.is_empty() && !self.report(cfg, &env, &outcome) {
+            // The report could not be written: the message stays, its failed recipients pending,
+            // so the failure is told with a later attempt instead of never.
+            for r in env.recipients.iter_mut() {
+                if outcome.failures.iter().any(|f| f.recipient == r.addr) {
+                    r.state = RcptState::Pending;
+                }
+            }
+            outcome.deferred = Some("the failure report could not be queued".to_string());
         }
         let mut w;
         if !pending(&env) {
@@ -1793,8 +1800,9 @@ impl Shared {
         self.publish(&w);
     }
 
-    /// report logs each failed recipient and queues the delivery status notification.
-    fn report(&self, cfg: &Config, env: &Envelope, outcome: &Outcome) {
+    /// report logs each failed recipient and queues the delivery status notification; false when
+    /// the report could not be written (it is owed: the caller keeps the message).
+    fn report(&self, cfg: &Config, env: &Envelope, outcome: &Outcome) -> bool {
         let id = &env.id;
         for f in &outcome.failures {
             log::warn!("delivery {id}: bounced <{}>: {}", f.recipient, f.reason);
@@ -1823,14 +1831,19 @@ impl Shared {
                 };
                 w.index.insert(&bid, e);
                 w.storm.arrived(arrival, 1);
+                true
             }
             Ok(Disposition::Dropped(why)) => {
-                log::warn!("delivery {id}: no report sent ({why}); the failure is only logged")
+                log::warn!("delivery {id}: no report sent ({why}); the failure is only logged");
+                true
             }
-            Err(e) => log::error!(
-                "delivery {id}: cannot queue the report for <{}>: {e}; the failure is only logged",
-                env.sender
-            ),
+            Err(e) => {
+                log::error!(
+                    "delivery {id}: cannot queue the report for <{}>: {e}; the message stays queued and the report is tried again with its next attempt",
+                    env.sender
+                );
+                false
+            }
         }
     }
 }

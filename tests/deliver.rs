@@ -219,6 +219,35 @@ fn partial_5xx_bounces_with_an_rfc3464_report() {
 }
 
 #[test]
+fn a_report_is_queued_even_when_the_spool_is_full() {
+    // The spool's cap is for new mail: the report of a message that filled it must still go.
+    let sink = Sink::start(Opts::plain());
+    sink.rule("RCPT TO:<bad@", "550 5.1.1 no such user");
+    let relay = Relay::start(&ini(&sink.addr(), "[queue]\nmax_size = 1M\n"));
+    let body = "x".repeat(76) + "\r\n";
+    let id = relay.submit(
+        "alice@example.com",
+        &["bad@example.org"],
+        &message("full", &body.repeat(1_100_000 / body.len())),
+    );
+    let t = sink.wait_txns(1);
+    assert_eq!(
+        (t[0].mail_from.as_str(), t[0].rcpts.clone()),
+        ("", vec!["alice@example.com".to_string()])
+    );
+    assert!(
+        t[0].data
+            .contains("<bad@example.org>: 550 5.1.1 no such user"),
+        "{}",
+        t[0].data
+    );
+    wait_queue_empty(&relay);
+    let log = relay.log_text();
+    assert!(log.contains(&format!("delivery {id}: report ")), "{log}");
+    assert!(!log.contains("cannot queue the report"), "{log}");
+}
+
+#[test]
 fn failure_of_a_null_sender_message_is_logged_and_dropped() {
     let sink = Sink::start(Opts::plain());
     sink.rule("RCPT", "550 5.1.1 no such user");

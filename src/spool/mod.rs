@@ -470,10 +470,12 @@ impl Spool {
     }
 
     /// Starts a new message: the envelope header is written to a fresh file aside (unnamed in queue/, or under
-    /// tmp/). Fails with Full when usage >= max_size (then nothing is written). `env.id` is ignored: the spool
-    /// assigns the id.
+    /// tmp/). Fails with Full when usage >= max_size (then nothing is written), except for a delivery report
+    /// (`bounced`): the cap protects the disk from new mail, and a report is small (the original's header
+    /// section at most) and the only news of a failure; refusing it would lose that. `env.id` is ignored:
+    /// the spool assigns the id.
     pub fn begin(&self, env: &Envelope) -> Result<Incoming, SpoolError> {
-        if self.max_size > 0 && self.usage() >= self.max_size {
+        if self.max_size > 0 && !env.bounced && self.usage() >= self.max_size {
             return Err(SpoolError::Full);
         }
         // A spare's fdatasync ends with a cache flush of its own, where a new file's fsync can share the
@@ -1249,6 +1251,15 @@ pub(super) mod tests {
         // Reopening sees the same usage; deleting frees room.
         let spool = Spool::open(&t.0, 1000).unwrap();
         assert!(matches!(spool.begin(&env()), Err(SpoolError::Full)));
+        // A delivery report still goes in: it is the only news of a failure.
+        let report = Envelope {
+            bounced: true,
+            ..env()
+        };
+        let mut inc = spool.begin(&report).unwrap();
+        inc.write_all(b"report").unwrap();
+        let rid = inc.commit().unwrap();
+        spool.delete(&rid).unwrap();
         spool.delete(&id).unwrap();
         assert_eq!(spool.usage(), 0);
         assert!(spool.begin(&env()).is_ok());
