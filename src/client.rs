@@ -827,7 +827,7 @@ impl Connection {
             return Err(ClientError::new(
                 Stage::Send,
                 true,
-                format!("{peer}: message needs SMTPUTF8 (non-ASCII addresses) but the smarthost does not offer it"),
+                format!("{peer}: message needs SMTPUTF8 (UTF-8 in its addresses or header section) but the smarthost does not offer it"),
             ));
         }
 

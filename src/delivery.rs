@@ -1564,18 +1564,27 @@ impl Shared {
         }
         let sender = rewrite::envelope_sender(&env.sender, cfg.rewrite.sender.as_deref());
 
-        // [rewrite] from: only the header section is read into memory; the body streams.
+        // [rewrite] from, and a message declared SMTPUTF8: only the header section is read into
+        // memory; the body streams.
         let mut head = Vec::new();
+        let mut head_ascii = false;
         let mut size = size;
-        if let Some(from) = &cfg.rewrite.from {
+        if cfg.rewrite.from.is_some() || env.smtputf8 {
             match rewrite::read_header_section(&mut reader, rewrite::MAX_HEADER_SECTION) {
-                Ok((section, true)) => {
-                    head = rewrite::rewrite_from(&section, from);
-                    size = size.saturating_sub(section.len() as u64) + head.len() as u64;
-                }
-                Ok((section, false)) => {
-                    log::warn!("delivery {id}: header section too long or unterminated; From: not rewritten");
-                    head = section;
+                Ok((section, complete)) => {
+                    head = match &cfg.rewrite.from {
+                        Some(from) if complete => {
+                            let h = rewrite::rewrite_from(&section, from);
+                            size = size.saturating_sub(section.len() as u64) + h.len() as u64;
+                            h
+                        }
+                        Some(_) => {
+                            log::warn!("delivery {id}: header section too long or unterminated; From: not rewritten");
+                            section
+                        }
+                        None => section,
+                    };
+                    head_ascii = complete && head.is_ascii();
                 }
                 Err(e) => {
                     let e = SpoolError::Io(format!("reading message {id}: {e}"));
@@ -1583,6 +1592,11 @@ impl Shared {
                 }
             }
         }
+        // A client may declare SMTPUTF8 for a message that is ASCII after all. Only UTF-8 in the
+        // addresses (the client checks those) or in the header section needs it of the smarthost
+        // (RFC 6531 3.4); without that, a smarthost lacking SMTPUTF8 takes the message as it is,
+        // as Postfix sends it, instead of a bounce.
+        let smtputf8 = env.smtputf8 && !head_ascii;
         // Pacing: the whole message, recipients included, must fit the budget (`claim`
         // could only look at the rate). Over it, the message waits, untried, in order.
         {
@@ -1596,14 +1610,9 @@ impl Shared {
             w.pacer_dirty = true;
         }
         let mut message = Cursor::new(head).chain(&mut reader);
-        let result = link.conn.send(
-            &sender,
-            &addrs,
-            &mut message,
-            size,
-            env.eight_bit,
-            env.smtputf8,
-        );
+        let result = link
+            .conn
+            .send(&sender, &addrs, &mut message, size, env.eight_bit, smtputf8);
         env.attempts = env.attempts.saturating_add(1);
         let remote = link.conn.peer();
         let mut outcome = Outcome::none();

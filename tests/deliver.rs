@@ -248,6 +248,45 @@ fn a_report_is_queued_even_when_the_spool_is_full() {
 }
 
 #[test]
+fn smtputf8_goes_only_where_the_message_needs_it() {
+    // A smarthost without SMTPUTF8 (the sink's EHLO reply without it).
+    let sink = Sink::start(Opts::plain());
+    sink.rule("EHLO", "250-sink.test\n250-PIPELINING\n250 8BITMIME");
+    let relay = Relay::start(&ini(&sink.addr(), ""));
+    let mut c = relay.connect();
+    c.greet();
+    c.expect("EHLO dev.test", "250");
+    let send = |c: &mut Client, tag: &str, subject: &str| -> String {
+        c.expect("MAIL FROM:<alice@example.com> SMTPUTF8", "250");
+        c.expect(&format!("RCPT TO:<{tag}@example.org>"), "250");
+        c.expect("DATA", "354");
+        c.send_raw(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+        queued_id(&c.reply())
+    };
+    // Declared, but ASCII from end to end: it goes, without the parameter.
+    send(&mut c, "ascii", "plain");
+    // UTF-8 in the header section: it cannot go to this smarthost, and says why.
+    let utf8 = send(&mut c, "utf8", "caf\u{e9}");
+    let t = sink.wait_txns(2);
+    let ascii = t
+        .iter()
+        .find(|t| t.rcpts == ["ascii@example.org"])
+        .expect("delivered");
+    assert!(!ascii.params.contains("SMTPUTF8"), "{:?}", ascii.params);
+    let report = t.iter().find(|t| t.mail_from.is_empty()).expect("a report");
+    assert!(report.data.contains("utf8@example.org"), "{}", report.data);
+    assert!(report.data.contains("needs SMTPUTF8"), "{}", report.data);
+    wait_queue_empty(&relay);
+    assert!(
+        relay
+            .log_text()
+            .contains(&format!("delivery {utf8}: bounced <utf8@example.org>")),
+        "{}",
+        relay.log_text()
+    );
+}
+
+#[test]
 fn failure_of_a_null_sender_message_is_logged_and_dropped() {
     let sink = Sink::start(Opts::plain());
     sink.rule("RCPT", "550 5.1.1 no such user");
