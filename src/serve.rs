@@ -120,6 +120,10 @@ fn start(cfg: Config) -> Result<(), String> {
     let file = cfg.path.display().to_string();
     let signals =
         SignalPipe::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    match sys::raise_fd_limit() {
+        Ok((soft, _)) => log::debug!("open files limit {soft}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
     let plan = privilege::plan(&cfg)?;
     // As root, before the drop: the key may be readable by root only, the
     // ports may be below 1024 and the spool's parent may belong to root.

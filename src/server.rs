@@ -443,8 +443,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    log::error!("accept failed: {e}");
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the connection stays in
+                    // the backlog and poll reports it again at once. Pausing lets sessions end
+                    // and free descriptors; the waiting devices are served then, not refused.
+                    log_accept_error(&e);
+                    std::thread::sleep(ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -696,6 +699,27 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
         if *n == 0 {
             per_ip.remove(&ip);
         }
+    }
+}
+
+/// How long the accept loop rests after accept itself failed (out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The second an accept failure was last logged in.
+static ACCEPT_ERROR_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// log_accept_error logs an accept failure at most once a second: a lasting one must not become
+/// a stream of log lines (or of flash writes).
+fn log_accept_error(e: &io::Error) {
+    let now = message::now();
+    if ACCEPT_ERROR_LOGGED.swap(now, Ordering::Relaxed) != now {
+        let hint = match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                ": out of file descriptors; waiting connections are served as sessions end (lower [server] workers or raise the open files limit, LimitNOFILE= in systemd)"
+            }
+            _ => "",
+        };
+        log::error!("accept failed: {e}{hint}");
     }
 }
 

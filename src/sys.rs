@@ -154,6 +154,33 @@ pub fn set_backlog<T: AsRawFd>(listener: &T, backlog: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// raise_fd_limit lifts the soft limit on open descriptors to the hard one and returns both
+/// limits as they are afterwards (soft, hard). Why: every session holds a socket and the
+/// forwarder its connections and files, and the usual soft limit (1024) is below what a large
+/// `workers` needs; past it, accept fails and devices wait unanswered.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        r = raised;
+    }
+    Ok((r.rlim_cur as u64, r.rlim_max as u64))
+}
+
 /// pid_alive tells whether a process with this id exists (signal 0 probe).
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {

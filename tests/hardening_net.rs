@@ -441,3 +441,78 @@ fn set_linger_zero(s: &TcpStream) {
     };
     assert_eq!(rc, 0);
 }
+
+/// start_with_fd_limit starts a relay through `sh -c 'ulimit ...; exec picorelay'`.
+fn start_with_fd_limit(ulimit: &str, extra: &str) -> Relay {
+    let dir = TempDir::new("fds");
+    let ini = merge_ini(&base_ini(&dir.path().join("spool")), extra);
+    let mut relay = Relay::prepared(dir, &ini);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit {ulimit}; exec \"$0\" -c \"$1\" serve"))
+        .arg(bin())
+        .arg(&relay.config);
+    relay.spawn_with(cmd);
+    relay
+}
+
+/// The "Max open files" soft and hard limits of a process.
+fn fd_limits(pid: i32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("limits line")
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let relay = start_with_fd_limit("-S -n 64", "");
+    let (soft, hard) = fd_limits(relay.pid());
+    assert_eq!(soft, hard, "soft limit raised");
+    assert_ne!(soft, "64");
+}
+
+#[test]
+fn out_of_descriptors_the_relay_waits_quietly_and_then_serves_the_waiting_device() {
+    // Both limits low: nothing can raise them. 16 workers, 40 descriptors: some tens of
+    // connections exhaust them and accept fails.
+    let relay = start_with_fd_limit("-n 40", "[server]\nworkers = 16\n");
+    let failed = || {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("accept failed"))
+            .count()
+    };
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while failed() == 0 {
+        assert!(
+            held.len() < 200,
+            "accept never failed: {}",
+            relay.log_text()
+        );
+        held.push(TcpStream::connect(relay.addr()).unwrap());
+        // Give the relay a moment to accept before the next one (the check above is the wait).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        relay.log_text().contains("out of file descriptors"),
+        "{}",
+        relay.log_text()
+    );
+    // Once a second at most: a spinning accept loop logs thousands of lines a second.
+    let seconds = start.elapsed().as_secs() as usize;
+    assert!(failed() <= seconds + 2, "{} lines in {seconds} s", failed());
+    // The last connection waits in the backlog; once descriptors are freed it is served.
+    let waiting = held.pop().unwrap();
+    drop(held);
+    let mut c = Client::from_stream(waiting);
+    let ehlo = c.greet(); // the banner, then EHLO
+    assert!(ehlo[0].starts_with("250"), "{ehlo:?}");
+    c.expect("QUIT", "221");
+}
