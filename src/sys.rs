@@ -178,6 +178,8 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
         }
         r = raised;
     }
+    // rlim_t is 32 bits wide on some of the targets (i686, armv7 with older libcs).
+    #[allow(clippy::unnecessary_cast)]
     Ok((r.rlim_cur as u64, r.rlim_max as u64))
 }
 
