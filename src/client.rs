@@ -379,6 +379,9 @@ impl Wire {
         // Nothing unread: the whole buffer is free.
         self.start = 0;
         self.end = 0;
+        // The last reply's deadline may be long past: this read only looks, it must not fail
+        // for lack of time.
+        self.stream.set_read_deadline(None);
         self.stream.tcp().set_nonblocking(true)?;
         let got = loop {
             match self.stream.read(&mut self.buf[self.end..]) {
@@ -461,6 +464,9 @@ impl Wire {
                 return Err(WireError::Timeout);
             }
             self.stream.tcp().set_read_timeout(Some(nonzero(left)))?;
+            // Over TLS one read is as many socket reads as rustls needs for a whole record:
+            // the deadline bounds them all, or a record trickled a byte at a time would not be.
+            self.stream.set_read_deadline(Some(deadline));
             let n = loop {
                 match self.stream.read(&mut self.buf[self.end..]) {
                     Ok(n) => break n,
@@ -528,18 +534,23 @@ impl Wire {
         tr: Transcript<'_>,
     ) -> Result<Wire, ClientError> {
         let peer = self.peer;
+        let timeout = nonzero(timeout);
         let tls_error = |e: io::Error| {
-            ClientError::new(
-                Stage::Tls,
-                false,
-                format!("{peer}: TLS handshake failed: {e}"),
-            )
+            let why = match e.kind() {
+                io::ErrorKind::TimedOut => format!(
+                    "TLS handshake with {peer} did not complete within {}s",
+                    timeout.as_secs_f64()
+                ),
+                _ => format!("{peer}: TLS handshake failed: {e}"),
+            };
+            ClientError::new(Stage::Tls, false, why)
         };
-        self.stream
-            .tcp()
-            .set_read_timeout(Some(nonzero(timeout)))
+        // The whole handshake within the timeout, not each read: a smarthost trickling its
+        // handshake a byte at a time must not hold a delivery worker for ever.
+        let stream = self
+            .stream
+            .connect_tls(cfg, host, Instant::now() + timeout)
             .map_err(tls_error)?;
-        let stream = self.stream.connect_tls(cfg, host).map_err(tls_error)?;
         let info = stream.tls_info().unwrap_or_default();
         note(tr, &peer, &format!("* TLS established: {info}"));
         Ok(Wire::new(stream, peer))
@@ -1687,6 +1698,9 @@ mod tests {
         Tls,
         /// Send raw bytes.
         Raw(Vec<u8>),
+        /// After Tls: send this line (CRLF appended) in a TLS record written a byte at a time,
+        /// this many milliseconds apart.
+        TrickleTls(&'static str, u64),
         /// Do nothing for this many milliseconds.
         Wait(u64),
         /// Close the connection now.
@@ -1748,6 +1762,24 @@ mod tests {
                     }
                     Raw(bytes) => {
                         if st.write_all(&bytes).is_err() {
+                            break;
+                        }
+                    }
+                    TrickleTls(text, ms) => {
+                        let Stream::Server(tls) = st else {
+                            panic!("TrickleTls before Tls")
+                        };
+                        let line = format!("{text}\r\n");
+                        tls.conn.writer().write_all(line.as_bytes()).unwrap();
+                        let mut records = Vec::new();
+                        while tls.conn.wants_write() {
+                            tls.conn.write_tls(&mut records).unwrap();
+                        }
+                        let sent = records.iter().all(|b| {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            tls.sock.tcp.write_all(&[*b]).is_ok()
+                        });
+                        if !sent {
                             break;
                         }
                     }
@@ -2329,7 +2361,7 @@ mod tests {
             );
         }
         // A live idle connection passes the check, over TLS too (TLS 1.3 session tickets are
-        // not application data).
+        // not application data), and after the last reply's deadline has passed.
         let mut script = vec![GREET, C("EHLO"), S("250-s\n250-STARTTLS\n250 PIPELINING")];
         script.extend([
             C("STARTTLS"),
@@ -2344,9 +2376,11 @@ mod tests {
         let srv = serve(script);
         let mut s = settings(&[srv.port], TlsMode::StartTls);
         s.hosts = vec![("localhost".to_string(), srv.port)];
+        let t = Duration::from_millis(500);
+        (s.command_timeout, s.data_timeout) = (t, t);
         let mut c = Connection::open(&s, None).unwrap();
         for _ in 0..2 {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(1200));
             c.reset().unwrap();
             assert_eq!(
                 send(&mut c, &["a@y.test"]).unwrap(),
@@ -2372,6 +2406,57 @@ mod tests {
             drop(c);
             assert!(!has(&srv.log(), "RCPT"));
         }
+    }
+
+    #[test]
+    fn tls_handshake_trickled_byte_by_byte_times_out_as_a_whole() {
+        // A smarthost whose ServerHello record comes a byte every 100 ms: each read is well
+        // within the timeout, the handshake as a whole is not. Without a deadline over the
+        // whole handshake the client waited until the server gave up (seconds here; for ever
+        // for a server that keeps trickling).
+        let trickled = || {
+            let mut steps = vec![Raw(vec![0x16, 0x03, 0x03, 0x02, 0x00])];
+            for _ in 0..40 {
+                steps.push(Wait(100));
+                steps.push(Raw(vec![0x02]));
+            }
+            steps
+        };
+        let starttls = vec![
+            GREET,
+            C("EHLO"),
+            S("250-s\n250 STARTTLS"),
+            C("STARTTLS"),
+            S("220 go ahead"),
+        ];
+        for (mode, before) in [(TlsMode::Implicit, vec![]), (TlsMode::StartTls, starttls)] {
+            let srv = serve(before.into_iter().chain(trickled()).collect());
+            let mut s = settings(&[srv.port], mode);
+            s.command_timeout = Duration::from_millis(600);
+            let e = Connection::open(&s, None)
+                .err()
+                .expect("a handshake timeout");
+            assert_eq!((e.stage, e.permanent), (Stage::Tls, false), "{mode:?}: {e}");
+            assert!(
+                e.message.contains("TLS handshake with 127.0.0.1:")
+                    && e.message.contains("did not complete within 0.6s"),
+                "{mode:?}: {e}"
+            );
+            drop(srv);
+        }
+    }
+
+    #[test]
+    fn reply_trickled_inside_tls_times_out_as_a_whole() {
+        // The greeting in one TLS record, a byte every 60 ms: rustls reads the socket until
+        // the record is whole, so a timeout per socket read never fired.
+        let srv = serve(vec![Tls, TrickleTls("220 smarthost.test ESMTP slowly", 60)]);
+        let mut s = settings(&[srv.port], TlsMode::Implicit);
+        s.command_timeout = Duration::from_millis(600);
+        let e = Connection::open(&s, None).err().expect("a timeout");
+        assert_eq!(e.stage, Stage::Connect, "{e}");
+        assert!(e.message.contains("greeting: timed out"), "{e}");
+        drop(srv);
     }
 
     #[test]

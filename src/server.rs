@@ -910,10 +910,11 @@ impl Conn {
         s.flush()
     }
 
-    /// fill reads more input, after flushing pending replies (RFC 2920 §3.1:
-    /// replies go out when the client's input is drained).
-    fn fill(&mut self) -> Result<(), ReadEnd> {
+    /// fill reads more input, waiting at most `timeout` for it, after flushing pending
+    /// replies (RFC 2920 §3.1: replies go out when the client's input is drained).
+    fn fill(&mut self, timeout: Duration) -> Result<(), ReadEnd> {
         self.flush().map_err(ReadEnd::Error)?;
+        self.bound_read(timeout);
         let r = loop {
             let space = self.input.space();
             let r = match self.stream.as_mut() {
@@ -938,6 +939,19 @@ impl Conn {
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => ReadEnd::Closed,
                 _ => ReadEnd::Error(e),
             }),
+        }
+    }
+
+    /// bound_read makes the coming read give up `timeout` from now. A plain read is one
+    /// socket read, which the socket's read timeout bounds. A TLS read is as many socket reads
+    /// as rustls needs for a whole record: a client sending a record a byte at a time would
+    /// keep each of them within a per-read timeout for ever, and neither the whole-line
+    /// deadline nor the DATA rate would ever be checked. The TLS stream gets a deadline that
+    /// all its socket reads share.
+    fn bound_read(&mut self, timeout: Duration) {
+        match self.stream.as_mut() {
+            Some(s) if s.is_tls() => s.set_read_deadline(Some(Instant::now() + timeout)),
+            _ => self.set_read_timeout(timeout),
         }
     }
 
@@ -1220,8 +1234,7 @@ fn wait_line(
         *line_started = None;
         limit
     };
-    conn.set_read_timeout(timeout);
-    let read = conn.fill();
+    let read = conn.fill(timeout);
     // An end of input may be the pool's doing: then the pool's reply goes out.
     match slot.ended() {
         Some(how) => Err(ReadEnd::Ended(how)),
@@ -1340,13 +1353,10 @@ fn receive_data(
             break;
         }
         let read = match pace.timeout(received) {
-            Some(t) => {
-                conn.set_read_timeout(t);
-                conn.fill().map_err(|end| match end {
-                    ReadEnd::Timeout if pace.timeout(received).is_none() => ReadEnd::TooSlow,
-                    end => end,
-                })
-            }
+            Some(t) => conn.fill(t).map_err(|end| match end {
+                ReadEnd::Timeout if pace.timeout(received).is_none() => ReadEnd::TooSlow,
+                end => end,
+            }),
             None => Err(ReadEnd::TooSlow),
         };
         if let Err(end) = read {

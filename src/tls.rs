@@ -404,41 +404,58 @@ pub enum Stream {
     /// Plain TCP (before STARTTLS, or tls = none).
     Plain(TcpStream),
     /// The server side of a TLS connection.
-    Server(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Server(Box<StreamOwned<ServerConnection, DeadlineSocket>>),
     /// The client side of a TLS connection (to the smarthost).
-    Client(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Client(Box<StreamOwned<ClientConnection, DeadlineSocket>>),
 }
 
-/// DeadlineSocket is a socket whose read and write timeouts are set, before every call, to the time left until
-/// `deadline`, so a peer trickling one byte at a time cannot stretch the exchange.
+/// DeadlineSocket is a socket whose read and write timeouts are set, before every call, to the
+/// time left until a deadline, so a peer trickling one byte at a time cannot stretch the
+/// exchange. Under TLS a timeout per socket read bounds nothing: one read of a TLS stream reads
+/// the socket again and again until a whole record (up to 16 KiB) is in and decrypted.
 pub struct DeadlineSocket {
     /// The socket.
     pub tcp: TcpStream,
-    /// When every read and write must be over.
-    pub deadline: Instant,
+    /// When every read must be over; None leaves the socket's own read timeout in force.
+    pub read_by: Option<Instant>,
+    /// When every write must be over; None leaves the socket's own write timeout in force.
+    pub write_by: Option<Instant>,
 }
 
 impl DeadlineSocket {
-    /// left returns the time until the deadline; TimedOut once it has passed.
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+    /// new bounds reads and writes alike by `deadline` (a handshake, an HTTP exchange).
+    pub fn new(tcp: TcpStream, deadline: Instant) -> DeadlineSocket {
+        DeadlineSocket {
+            tcp,
+            read_by: Some(deadline),
+            write_by: Some(deadline),
         }
-        Ok(left)
     }
+}
+
+/// left returns the time until `by`; TimedOut once it has passed.
+fn left(by: Instant) -> io::Result<Duration> {
+    let left = by.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+    }
+    Ok(left)
 }
 
 impl Read for DeadlineSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.set_read_timeout(Some(self.left()?))?;
+        if let Some(by) = self.read_by {
+            self.tcp.set_read_timeout(Some(left(by)?))?;
+        }
         self.tcp.read(buf)
     }
 }
 
 impl Write for DeadlineSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.set_write_timeout(Some(self.left()?))?;
+        if let Some(by) = self.write_by {
+            self.tcp.set_write_timeout(Some(left(by)?))?;
+        }
         self.tcp.write(buf)
     }
 
@@ -448,9 +465,8 @@ impl Write for DeadlineSocket {
 }
 
 /// Runs the handshake to the end now, so a failure surfaces at the call. Bounded by the
-/// socket's read/write timeouts (a timeout comes back as WouldBlock/TimedOut). Generic over
-/// the transport so the OAuth client can pass a socket that re-arms its timeouts to a
-/// deadline before every read and write (oauth::http).
+/// transport's timeouts (a timeout comes back as TimedOut): every caller passes a
+/// DeadlineSocket, so the whole handshake ends by one deadline (Stream, oauth::http).
 pub(crate) fn handshake<S: rustls::SideData, T: Read + Write>(
     conn: &mut rustls::ConnectionCommon<S>,
     tcp: &mut T,
@@ -494,8 +510,20 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(t) => t,
-            Stream::Server(s) => s.get_ref(),
-            Stream::Client(s) => s.get_ref(),
+            Stream::Server(s) => &s.get_ref().tcp,
+            Stream::Client(s) => &s.get_ref().tcp,
+        }
+    }
+
+    /// set_read_deadline bounds every later read of a TLS stream by `deadline`, however many
+    /// socket reads rustls makes for it (None: only the socket's read timeout, per socket
+    /// read). A plain stream's read is one socket read, which the socket's read timeout
+    /// bounds already: there this changes nothing.
+    pub fn set_read_deadline(&mut self, deadline: Option<Instant>) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Server(s) => s.get_mut().read_by = deadline,
+            Stream::Client(s) => s.get_mut().read_by = deadline,
         }
     }
 
@@ -540,7 +568,7 @@ impl Stream {
     }
 
     /// Upgrades a plain stream to the server side of TLS: runs the whole handshake now
-    /// (complete_io loop) so errors surface here, bounded by the socket timeouts already set.
+    /// (complete_io loop) so errors surface here; TimedOut when it is not over by `deadline`.
     ///
     /// STARTTLS (RFC 3207 section 4.2, CVE-2011-0411): only the TcpStream is taken over.
     /// The caller must DROP any plaintext it has buffered after the STARTTLS line before
@@ -558,21 +586,28 @@ impl Stream {
         let mut conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
         // The whole handshake within `deadline`: a client trickling its ClientHello one byte
         // at a time must not hold a worker for a read timeout per byte.
-        let mut sock = DeadlineSocket { tcp, deadline };
+        let mut sock = DeadlineSocket::new(tcp, deadline);
         handshake(&mut conn, &mut sock)?;
-        Ok(Stream::Server(Box::new(StreamOwned::new(conn, sock.tcp))))
+        // From here on the session bounds its reads (set_read_deadline) and its writes (the
+        // socket's write timeout) itself.
+        sock.read_by = None;
+        sock.write_by = None;
+        Ok(Stream::Server(Box::new(StreamOwned::new(conn, sock))))
     }
 
     /// Upgrades a plain stream to the client side of TLS, sending `server_name` as SNI and
     /// verifying the certificate for it (a host name or an IP address literal). The handshake
-    /// runs now so certificate errors surface here. The same STARTTLS rule as accept_tls
-    /// holds: the caller drops any buffered plaintext first.
+    /// runs now so certificate errors surface here, and must be over by `deadline` (a server
+    /// trickling its handshake a byte at a time would otherwise hold us for a read timeout per
+    /// byte): TimedOut when it is not. The socket's timeouts are as they were afterwards. The
+    /// same STARTTLS rule as accept_tls holds: the caller drops any buffered plaintext first.
     pub fn connect_tls(
         self,
         cfg: Arc<ClientConfig>,
         server_name: &str,
+        deadline: Instant,
     ) -> Result<Stream, io::Error> {
-        let mut tcp = match self {
+        let tcp = match self {
             Stream::Plain(t) => t,
             _ => return Err(already_tls()),
         };
@@ -583,8 +618,14 @@ impl Stream {
             )
         })?;
         let mut conn = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
-        handshake(&mut conn, &mut tcp)?;
-        Ok(Stream::Client(Box::new(StreamOwned::new(conn, tcp))))
+        let timeouts = (tcp.read_timeout()?, tcp.write_timeout()?);
+        let mut sock = DeadlineSocket::new(tcp, deadline);
+        handshake(&mut conn, &mut sock)?;
+        sock.read_by = None;
+        sock.write_by = None;
+        sock.tcp.set_read_timeout(timeouts.0)?;
+        sock.tcp.set_write_timeout(timeouts.1)?;
+        Ok(Stream::Client(Box::new(StreamOwned::new(conn, sock))))
     }
 }
 
@@ -749,7 +790,7 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
             let mut buf = [0u8; 14];
             tcp.read_exact(&mut buf)?;
             assert_eq!(&buf, b"220 go ahead\r\n");
-            let mut s = Stream::Plain(tcp).connect_tls(client, name)?;
+            let mut s = Stream::Plain(tcp).connect_tls(client, name, far())?;
             s.write_all(b"ping\r\n")?;
             s.flush()?;
             let mut l = String::new();
@@ -1177,7 +1218,7 @@ openssl x509 -req -in self.csr -signkey self.key -days 3650 -extfile leaf.ext -o
         // A bad server name is refused before any I/O.
         let (_server_side, client_side) = pair();
         let e = client_side
-            .connect_tls(client_cfg_ca(), "bad name!")
+            .connect_tls(client_cfg_ca(), "bad name!", far())
             .err()
             .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");

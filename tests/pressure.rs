@@ -16,6 +16,7 @@ mod common;
 
 use common::certs::certs;
 use common::json::{parse_json, Json};
+use common::tls::TlsClient;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -134,17 +135,92 @@ fn trickle(
     })
 }
 
+/// trickle_bytes writes `bytes` one every `every` until they are all sent, a write fails or
+/// `stop` is set: over TLS, a record the relay can decrypt only once it is whole.
+fn trickle_bytes(
+    s: &TcpStream,
+    bytes: Vec<u8>,
+    every: Duration,
+    stop: &Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let mut w = s.try_clone().unwrap();
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        for b in bytes {
+            if stop.load(Ordering::SeqCst) || w.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(every);
+        }
+    })
+}
+
 /// replies_until_closed reads every line the relay sends until it closes the connection;
 /// fails when the relay keeps it open for DEADLINE without a word.
 fn replies_until_closed(c: &mut Client, what: &str) -> Vec<String> {
+    lines_until_closed(what, |wait| c.hear(wait))
+}
+
+/// lines_until_closed collects the lines `hear` gets until the close; fails after DEADLINE
+/// of silence.
+fn lines_until_closed(what: &str, mut hear: impl FnMut(Duration) -> Heard) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
-        match c.hear(DEADLINE) {
+        match hear(DEADLINE) {
             Heard::Line(l) => lines.push(l),
             Heard::Closed => return lines,
             Heard::Silence => panic!("{what}: still open after {DEADLINE:?} (got {lines:?})"),
         }
     }
+}
+
+/// tls_relay starts a relay of four workers with the test certificate, an implicit TLS
+/// listener (addrs[1]) and STARTTLS on the plain one; `extra` is more of `[server]`.
+fn tls_relay(extra: &str) -> Relay {
+    let c = certs();
+    let relay = Relay::start(&format!(
+        "[server]\nworkers = 4\nlisten_tls = 127.0.0.1:0\ntls_cert = {}\ntls_key = {}\n{extra}",
+        c.cert.display(),
+        c.key.display()
+    ));
+    assert_eq!(relay.addrs.len(), 2, "{}", relay.log_text());
+    relay
+}
+
+/// The two ways into TLS, for tests that run one session of each side by side.
+const TLS_WAYS: [(&str, bool); 2] = [("implicit TLS", true), ("STARTTLS", false)];
+
+/// tls_greeted opens a TLS session, on the implicit TLS listener (`implicit`) or with
+/// STARTTLS on the plain one, and says EHLO inside it.
+fn tls_greeted(relay: &Relay, implicit: bool) -> TlsClient {
+    let mut t = if implicit {
+        let mut t = TlsClient::handshake(TcpStream::connect(relay.addrs[1]).unwrap());
+        let banner = t.reply();
+        assert!(banner.starts_with("220 "), "banner over TLS: {banner:?}");
+        t
+    } else {
+        let mut c = relay.connect();
+        c.greet();
+        c.expect("STARTTLS", "220");
+        // Nothing is buffered in `c` past the 220: the relay waits for our ClientHello.
+        TlsClient::handshake(c.stream)
+    };
+    t.expect("EHLO tls.test", "250");
+    t
+}
+
+/// tls_trickle sends `data` to the relay in TLS records a byte a second and returns every
+/// line the relay sent until it closed the connection, and how long that took.
+fn tls_trickle(t: &mut TlsClient, data: &[u8], what: &str) -> (Vec<String>, Duration) {
+    let records = t.records(data);
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = trickle_bytes(&t.tcp, records, Duration::from_secs(1), &stop);
+    let lines = lines_until_closed(what, |wait| t.hear(wait));
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    (lines, took)
 }
 
 /// raw_closed_within reads (and ignores) bytes until the relay closes the socket; returns
@@ -360,6 +436,70 @@ fn a_command_line_trickled_byte_by_byte_is_cut_off_within_command_timeout() {
     assert_421(last, "4.4.2", "timeout");
     assert!(took < timeout + SLACK, "cut after {took:?}");
     let mut after = greeted(&relay);
+    after.expect("QUIT", "221");
+}
+
+#[test]
+fn a_command_line_trickled_inside_tls_is_cut_off_within_command_timeout() {
+    // Over TLS the relay decrypts nothing of the line until its whole record is in: a
+    // record sent a byte a second keeps every socket read short, and the whole-line deadline
+    // must hold all the same, over implicit TLS and after STARTTLS.
+    let timeout = Duration::from_secs(3);
+    let relay = tls_relay("command_timeout = 3s\n");
+    let line = [&b"HELO "[..], &[b'a'; 200]].concat();
+    std::thread::scope(|scope| {
+        let cuts: Vec<_> = TLS_WAYS
+            .map(|(what, implicit)| {
+                let (relay, line) = (&relay, &line);
+                let cut = scope.spawn(move || {
+                    let mut t = tls_greeted(relay, implicit);
+                    tls_trickle(&mut t, line, what)
+                });
+                (what, cut)
+            })
+            .into();
+        for (what, cut) in cuts {
+            let (lines, took) = cut.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            eprintln!("{what}: trickled line cut after {took:?}: {lines:?}");
+            let last = lines.last().map(String::as_str).unwrap_or("");
+            assert_421(last, "4.4.2", "timeout");
+            assert!(took < timeout + SLACK, "{what}: cut after {took:?}");
+        }
+    });
+    let mut after = tls_greeted(&relay, true);
+    after.expect("QUIT", "221");
+}
+
+#[test]
+fn a_data_trickle_inside_tls_is_cut_by_the_rate_rule() {
+    // The body comes in one TLS record, a byte a second: the relay sees no byte of it until
+    // the record is whole, and the rate rule must end the session once the grace is over.
+    let relay = tls_relay("data_timeout = 4s\n");
+    let body = body_of("trickled inside TLS", 2000);
+    std::thread::scope(|scope| {
+        let cuts: Vec<_> = TLS_WAYS
+            .map(|(what, implicit)| {
+                let (relay, body) = (&relay, &body);
+                let cut = scope.spawn(move || {
+                    let mut t = tls_greeted(relay, implicit);
+                    t.expect("MAIL FROM:<trickle@b.test>", "250");
+                    t.expect("RCPT TO:<c@d.test>", "250");
+                    t.expect("DATA", "354");
+                    tls_trickle(&mut t, body, what)
+                });
+                (what, cut)
+            })
+            .into();
+        for (what, cut) in cuts {
+            let (lines, took) = cut.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            eprintln!("{what}: DATA trickle cut after {took:?}: {lines:?}");
+            let last = lines.last().map(String::as_str).unwrap_or("");
+            assert_421(last, "4.4.2", "too slow");
+            assert!(took < Duration::from_secs(20), "{what}: cut after {took:?}");
+        }
+    });
+    assert!(relay.queue_ids().is_empty(), "{}", relay.log_text());
+    let mut after = tls_greeted(&relay, false);
     after.expect("QUIT", "221");
 }
 

@@ -729,7 +729,7 @@ pub fn post_form(
     let name = ServerName::try_from(url.host.clone())
         .map_err(|_| HttpError::Tls(format!("{:?} is not a valid server name", url.host)))?;
     let mut conn = ClientConnection::new(tls, name).map_err(|e| HttpError::Tls(e.to_string()))?;
-    let mut sock = DeadlineSocket { tcp, deadline };
+    let mut sock = DeadlineSocket::new(tcp, deadline);
     crate::tls::handshake(&mut conn, &mut sock).map_err(|e| match io_error(e) {
         HttpError::Io(m) => HttpError::Tls(m),
         other => other,

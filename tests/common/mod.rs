@@ -6,6 +6,7 @@ pub mod certs;
 pub mod idp;
 pub mod json;
 pub mod smarthost;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
