@@ -38,6 +38,15 @@ const TLS_HANDSHAKE: Duration = Duration::from_secs(30);
 const MIN_DATA_RATE: u64 = 1024;
 const DATA_GRACE: Duration = Duration::from_secs(30);
 
+/// Past `max_message_size`, DATA is read on to its end (RFC 1870 6.3: then 552), but only up to
+/// this many times the limit more: a client that streams without end would hold a worker for
+/// ever at any rate the DATA rule allows. Then 552 and the connection is closed.
+const DISCARD_PAST_LIMIT: u64 = 4;
+
+/// How long a client that goes on sending after its last reply is read and ignored before the
+/// connection is closed (`Conn::hang_up_on_a_talker`).
+const FAREWELL_DRAIN: Duration = Duration::from_secs(2);
+
 /// How long the reply to a session the pool ends may take to write.
 const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 
@@ -803,6 +812,8 @@ enum ReadEnd {
     Ended(Ending),
     /// DATA arrived below MIN_DATA_RATE.
     TooSlow,
+    /// DATA went on far past max_message_size (DISCARD_PAST_LIMIT).
+    TooBig,
 }
 
 /// Conn is the socket side of one session: buffered input, batched output.
@@ -892,6 +903,36 @@ impl Conn {
         if let Ok(s) = self.stream() {
             if s.tcp().set_read_timeout(Some(t)).is_ok() {
                 self.read_timeout = Some(t);
+            }
+        }
+    }
+
+    /// hang_up_on_a_talker sends the pending replies and the end of our side, then reads and
+    /// drops what the client still sends, for a moment. Closing on unread input resets the
+    /// connection, and a reset can destroy the reply in the client's buffer before it is read:
+    /// a client still streaming its DATA would see "connection reset", not why.
+    fn hang_up_on_a_talker(&mut self) {
+        if self.flush().is_err() {
+            return;
+        }
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        if s.is_tls() {
+            return; // its close goes through rustls; a plain TCP half-close would cut it short
+        }
+        let tcp = s.tcp();
+        let _ = tcp.shutdown(Shutdown::Write);
+        let until = Instant::now() + FAREWELL_DRAIN;
+        let mut scratch = [0u8; 4096];
+        let mut tcp = tcp;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match tcp.read(&mut scratch) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
             }
         }
     }
@@ -1199,6 +1240,10 @@ fn run_session(
             });
         }
         Err(ReadEnd::TooSlow) => conn.push(&reply::data_too_slow()),
+        Err(ReadEnd::TooBig) => {
+            conn.push(&reply::size_exceeded_closing());
+            conn.hang_up_on_a_talker();
+        }
         Err(ReadEnd::Closed) if shared.is_shutting_down() => conn.push(&reply::shutting_down()),
         Err(ReadEnd::Error(e)) => log::info!("{}: connection error: {e}", peer.tag),
         _ => {}
@@ -1336,6 +1381,10 @@ fn receive_data(
     });
     let mut write_failed = write_spool(shared, &mut incoming, header.as_bytes(), peer);
     let mut reader = DataReader::new(cfg.server.max_message_size);
+    let discard_until = cfg
+        .server
+        .max_message_size
+        .saturating_mul(DISCARD_PAST_LIMIT + 1);
     let mut chunk = Vec::with_capacity(READ_CHUNK + 64);
     let pace = DataPace::new(cfg.server.data_timeout);
     let mut received = 0u64;
@@ -1351,6 +1400,14 @@ fn receive_data(
         }
         if done {
             break;
+        }
+        if reader.size() > discard_until {
+            log::info!(
+                "{}: DATA still going at {} bytes, past {DISCARD_PAST_LIMIT} times the size limit more; message discarded, closing",
+                peer.tag,
+                reader.size()
+            );
+            return Err(ReadEnd::TooBig);
         }
         let read = match pace.timeout(received) {
             Some(t) => conn.fill(t).map_err(|end| match end {

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
@@ -124,6 +125,41 @@ fn oversized_data_is_read_to_its_end_and_refused() {
     // still in sync after the refused message
     c.expect("NOOP", "250");
     assert!(relay.queue_ids().is_empty());
+}
+
+#[test]
+fn endless_data_is_cut_off_with_552_after_a_bounded_discard() {
+    // A client that ignores SIZE and never ends its DATA must not hold a worker for ever.
+    let relay = Relay::start("[server]\nmax_message_size = 64K\n");
+    let mut c = relay.connect();
+    c.greet();
+    c.expect("MAIL FROM:<a@b.test>", "250");
+    c.expect("RCPT TO:<c@d.test>", "250");
+    c.expect("DATA", "354");
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let line = format!("{}\r\n", "z".repeat(1000));
+        for _ in 0..64_000 {
+            if w.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let r = c.reply();
+    assert!(r.starts_with("552 5.3.4") && r.contains("closing"), "{r}");
+    assert!(c.wait_closed(), "the relay closes the connection");
+    writer.join().unwrap();
+    assert!(relay.queue_ids().is_empty());
+    // Where it stopped reading: past 4 x 64 KiB more, within a read's worth.
+    relay.wait_log("past 4 times the size limit more; message discarded");
+    let log = relay.log_text();
+    let at: u64 = log
+        .split("DATA still going at ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the byte count in the log");
+    assert!(at > 5 * 65536 && at < 5 * 65536 + 65536, "{at}");
 }
 
 #[test]

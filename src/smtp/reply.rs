@@ -248,6 +248,16 @@ pub fn size_exceeded() -> Reply {
     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
 }
 
+/// 552 5.3.4 the message went on far past the limit: the session ends (it is not read to its
+/// end, so the connection cannot go on).
+pub fn size_exceeded_closing() -> Reply {
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message size exceeds fixed limit, closing connection",
+    )
+}
+
 /// 452 4.5.3 too many recipients (RFC 5321 4.5.3.1.10: 452, the client sends the rest later).
 pub fn too_many_recipients() -> Reply {
     Reply::new(452, "4.5.3", "Too many recipients")
@@ -537,6 +547,7 @@ mod tests {
             (param_unrecognized(), 555, "5.5.4"),
             (param_invalid("x"), 501, "5.5.4"),
             (size_exceeded(), 552, "5.3.4"),
+            (size_exceeded_closing(), 552, "5.3.4"),
             (too_many_recipients(), 452, "4.5.3"),
             (relay_denied(), 550, "5.7.1"),
             (storage_error(), 452, "4.3.1"),
