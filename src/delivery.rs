@@ -69,6 +69,9 @@ const RESCAN_EVERY: Duration = Duration::from_secs(1);
 const IDLE_HOLD: Duration = Duration::from_secs(1);
 /// How often the `[oauth]` refresh token's last use is looked at (see `Tokens::keep_alive`).
 const KEEP_ALIVE_CHECK: Duration = Duration::from_secs(3600);
+/// How often while a rotated refresh token could not be saved: the save is tried again and
+/// `status` shows it, even when no mail goes out.
+const UNSAVED_CHECK: Duration = Duration::from_secs(60);
 /// Longest sleep of the delivery thread when nothing at all is due.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Shortest retry delay, whatever the config says: a zero delay would spin.
@@ -1002,18 +1005,23 @@ impl Shared {
     /// keep_alive_tick uses a long-unused OAuth refresh token once (at start, then hourly
     /// checks), in a thread of its own so a slow identity provider never delays the rescan.
     /// A failure shows at once in the log and under `status`'s auth stage, long before the
-    /// next alert would need the token.
+    /// next alert would need the token. A rotated refresh token that could not be saved is
+    /// tried again here every minute, and shows there too.
     fn keep_alive_tick(&self) {
         let now = Instant::now();
         let mut k = self.keep_alive.lock().unwrap_or_else(|p| p.into_inner());
-        if k.running || now < k.next {
+        if k.running {
             return;
         }
-        k.next = now + KEEP_ALIVE_CHECK;
         let cfg = Arc::clone(&self.lock().cfg);
         let Ok(Some(tokens)) = self.tokens_for(&cfg) else {
             return;
         };
+        // A sender's save that failed: shown and retried now, not within the hour.
+        if now < k.next && !tokens.unsaved_news() {
+            return;
+        }
+        k.next = now + KEEP_ALIVE_CHECK;
         k.running = true;
         drop(k);
         let keep_alive = Arc::clone(&self.keep_alive);
@@ -1021,9 +1029,14 @@ impl Shared {
         let spawned = thread::Builder::new()
             .name("oauth-keepalive".to_string())
             .spawn(move || {
+                let saved = tokens.retry_save();
                 let outcome = tokens.keep_alive();
                 let mut k = keep_alive.lock().unwrap_or_else(|p| p.into_inner());
                 k.running = false;
+                if let Some(Err(why)) = saved {
+                    state.error(Stage::Auth, &why);
+                    k.next = k.next.min(Instant::now() + UNSAVED_CHECK);
+                }
                 match outcome {
                     None => {}
                     Some(Ok(days)) => {
@@ -1228,6 +1241,12 @@ impl Shared {
             Some((c, r)) if Arc::ptr_eq(c, cfg) => r.clone(),
             _ => {
                 let r = tokens(cfg);
+                // A rotated refresh token the old source could not save lives on in the new.
+                // This may wait for a token request of the old source in flight: it may end
+                // in such a token, and the new source must not start from the file's meanwhile.
+                if let (Some((_, Ok(Some(old)))), Ok(Some(new))) = (t.as_ref(), &r) {
+                    new.adopt(old);
+                }
                 *t = Some((Arc::clone(cfg), r.clone()));
                 r
             }

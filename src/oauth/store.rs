@@ -100,7 +100,6 @@ pub fn read(path: &Path) -> Result<Option<Stored>, String> {
 /// renamed over the old one, and the folder fsynced, so the new token is on disk before the
 /// caller uses what came with it.
 pub fn save(path: &Path, s: &Stored, owner: Option<(u32, u32)>) -> Result<(), String> {
-    static N: AtomicU32 = AtomicU32::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -110,9 +109,9 @@ pub fn save(path: &Path, s: &Stored, owner: Option<(u32, u32)>) -> Result<(), St
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "oauth-token".to_string());
     let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
+        ".{name}.tmp.{}.{:016x}",
         std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
+        unique()
     ));
     let result = write_new(&tmp, s, owner)
         .and_then(|()| std::fs::rename(&tmp, path))
@@ -121,6 +120,31 @@ pub fn save(path: &Path, s: &Stored, owner: Option<(u32, u32)>) -> Result<(), St
         let _ = std::fs::remove_file(&tmp);
         format!("{}: cannot save the refresh token: {e}", path.display())
     })
+}
+
+/// unique makes the temporary name's last part: 64 random bits. A counter from 0 repeats
+/// the names of an earlier run with the same pid (PID 1 in every container start), and a
+/// file a crash left under one of them made every later save fail (create_new: EEXIST).
+/// Random rather than create + truncate or removing `.NAME.tmp.*` first: `oauth login`
+/// run in a second container on the same volume is PID 1 too, and the name must not let
+/// two processes write one temporary file, or one delete the other's before its rename.
+/// create_new stays, so a collision fails the save rather than mixing two tokens.
+fn unique() -> u64 {
+    use ring::rand::SecureRandom;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut b = [0u8; 8];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        // No random numbers from the system (never seen): the clock's nanoseconds differ
+        // between runs, the counter within one.
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            u64::from(nanos) << 32 | u64::from(N.fetch_add(1, Ordering::Relaxed))
+        }
+    }
 }
 
 fn write_new(tmp: &Path, s: &Stored, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -203,6 +227,25 @@ mod tests {
         );
         let e = save(&dir.join("missing/oauth-token"), &parse("x").unwrap(), None).unwrap_err();
         assert!(e.contains("cannot save the refresh token"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A crash between creating the temporary file and the rename leaves it behind; a
+    /// restart with the same pid (PID 1 in a container) must still save. 64 names: the old
+    /// per-process counter is shared with the other tests of this process, so 0..4 alone
+    /// could already be past.
+    #[test]
+    fn save_survives_a_stale_temp_file() {
+        let dir = std::env::temp_dir().join(format!("picorelay-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("oauth-token");
+        for n in 0..64 {
+            let stale = dir.join(format!(".oauth-token.tmp.{}.{n}", std::process::id()));
+            std::fs::write(stale, "refresh_token=from-a-crash\n").unwrap();
+        }
+        save(&path, &parse("new-token").unwrap(), None).unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().refresh_token, "new-token");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! connection shares until shortly before it expires.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -306,6 +307,35 @@ impl Access {
     }
 }
 
+/// A rotated refresh token that could not be written to the token file (a full disk, a
+/// read-only folder): used from memory, and saved again and again until it lands, because
+/// the one in the file may be void already (a provider may revoke it on rotation) and a
+/// restart would have nothing else.
+struct Unsaved {
+    /// What the file should hold.
+    stored: Stored,
+    /// The refresh token in the file when the rotation began: a file holding neither this
+    /// nor ours was written by someone else (`oauth login`), and then the file wins.
+    on_disk: String,
+    /// The last attempt, so a successful use tries again at most every SAVE_RETRY.
+    tried: Instant,
+    /// The last error logged, and when: logged again when it changes or hourly.
+    logged: Option<(String, Instant)>,
+}
+
+/// How often a successful use of the cache tries to save a pending refresh token again (a
+/// refresh and the keep-alive check always try).
+const SAVE_RETRY: Duration = Duration::from_secs(60);
+/// A save that keeps failing the same way is logged again this often.
+const SAVE_RELOG: Duration = Duration::from_secs(3600);
+
+/// What the cache lock guards: the access token, and a refresh token still to be saved.
+#[derive(Default)]
+struct Cache {
+    access: Option<Access>,
+    unsaved: Option<Unsaved>,
+}
+
 /// A token handed out, with how long it stays valid.
 pub struct Grant {
     /// The access token; never printed.
@@ -324,7 +354,10 @@ pub struct Tokens {
     endpoint: Endpoint,
     /// The service user, when we run as root: a rotated token file must stay its.
     owner: Option<(u32, u32)>,
-    cache: Mutex<Option<Access>>,
+    cache: Mutex<Cache>,
+    /// Set when a rotated refresh token could not be saved, taken by `unsaved_news`: the
+    /// delivery loop looks at it each second without waiting for the cache lock.
+    news: AtomicBool,
 }
 
 impl Tokens {
@@ -340,7 +373,8 @@ impl Tokens {
             cfg: o.clone(),
             endpoint: Endpoint::new(&o.token_url, o)?,
             owner: service_owner(cfg),
-            cache: Mutex::new(None),
+            cache: Mutex::new(Cache::default()),
+            news: AtomicBool::new(false),
         }))
     }
 
@@ -349,8 +383,22 @@ impl Tokens {
         &self.cfg
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Access>> {
+    fn lock(&self) -> MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// adopt takes over a rotated refresh token `old` (the source of the config before a
+    /// reload) could not save: a new source must not drop it and go back to the file's.
+    pub fn adopt(&self, old: &Tokens) {
+        if self.cfg.grant != OAuthGrant::RefreshToken {
+            return;
+        }
+        let taken = old.lock().unsaved.take();
+        if let Some(u) = taken {
+            let mut cache = self.lock();
+            cache.unsaved = Some(u);
+            self.save_unsaved(&mut cache, true);
+        }
     }
 
     /// get returns the access token in memory while it is usable, else a new one. `refused`
@@ -359,33 +407,68 @@ impl Tokens {
     pub fn get(&self, refused: Option<&str>) -> Result<Grant, TokenError> {
         let mut cache = self.lock();
         let now = Instant::now();
-        if let Some(a) = cache.as_ref() {
+        if let Some(a) = cache.access.as_ref() {
             if a.usable(now) && refused != Some(a.token.as_str()) {
-                return Ok(Grant {
+                let grant = Grant {
                     access_token: a.token.clone(),
                     valid_for: (a.issued + a.lifetime).saturating_duration_since(now),
                     new: false,
-                });
+                };
+                self.save_unsaved(&mut cache, false);
+                return Ok(grant);
             }
         }
         self.renew(&mut cache, now)
     }
 
     /// renew asks for a new access token and keeps it in `cache`.
-    fn renew(&self, cache: &mut Option<Access>, now: Instant) -> Result<Grant, TokenError> {
-        *cache = None;
-        let answer = self.request()?;
+    fn renew(&self, cache: &mut Cache, now: Instant) -> Result<Grant, TokenError> {
+        cache.access = None;
+        let answer = self.request(cache)?;
         let grant = Grant {
             access_token: answer.access_token.clone(),
             valid_for: answer.lifetime,
             new: true,
         };
-        *cache = Some(Access {
+        cache.access = Some(Access {
             token: answer.access_token,
             issued: now,
             lifetime: answer.lifetime,
         });
         Ok(grant)
+    }
+
+    /// unsaved says, for `status`, that a rotated refresh token is held only in memory:
+    /// None when there is none.
+    pub fn unsaved(&self) -> Option<String> {
+        let cache = self.lock();
+        let u = cache.unsaved.as_ref()?;
+        let why = u
+            .logged
+            .as_ref()
+            .map_or("not saved yet", |(e, _)| e.as_str());
+        Some(format!("{why}: {}", UNSAVED_HELP))
+    }
+
+    /// unsaved_news tells, once, that a save of a rotated refresh token failed for the first
+    /// time since the last call, so the keep-alive check runs now rather than within the hour.
+    pub fn unsaved_news(&self) -> bool {
+        self.news.swap(false, Ordering::Relaxed)
+    }
+
+    /// retry_save tries once more to save a rotated refresh token held only in memory (the
+    /// keep-alive check calls it): None when none is pending, else whether it is saved now.
+    pub fn retry_save(&self) -> Option<Result<(), String>> {
+        let mut cache = self.lock();
+        cache.unsaved.as_ref()?;
+        self.save_unsaved(&mut cache, true);
+        match cache.unsaved.as_ref() {
+            None => Some(Ok(())),
+            Some(_) => {
+                drop(cache);
+                Some(Err(self.unsaved().unwrap_or_default()))
+            }
+        }
     }
 
     /// keep_alive uses a stored refresh token that has not been used (saved) for
@@ -397,7 +480,8 @@ impl Tokens {
             return None;
         }
         let path = &self.cfg.token_file;
-        let stored = store::read(path).ok()??;
+        let mut cache = self.lock();
+        let stored = self.current(&mut cache).ok()?;
         let modified = || {
             std::fs::metadata(path)
                 .and_then(|m| m.modified())
@@ -410,8 +494,12 @@ impl Tokens {
         if idle < KEEP_ALIVE_AFTER.as_secs() {
             return None;
         }
-        let mut cache = self.lock();
         let result = self.renew(&mut cache, Instant::now()).and_then(|_| {
+            if let Some(u) = cache.unsaved.as_mut() {
+                // The use is noted with the token still to be saved.
+                u.stored.saved = Some(now_unix());
+                return Ok(());
+            }
             match store::read(path) {
                 // Not rotated: note the use, so the next keep-alive is a week away.
                 Ok(Some(now)) if now.refresh_token == stored.refresh_token => {
@@ -427,10 +515,107 @@ impl Tokens {
         Some(result.map(|()| idle / 86_400))
     }
 
+    /// current is the refresh token to use: a rotated one still unsaved, else the file's. A
+    /// file that holds another token than either was written by a new sign-in, which wins.
+    fn current(&self, cache: &mut Cache) -> Result<Stored, TokenError> {
+        let path = &self.cfg.token_file;
+        let file = store::read(path);
+        if let Some(u) = cache.unsaved.as_ref() {
+            match &file {
+                Ok(Some(f))
+                    if f.refresh_token != u.on_disk
+                        && f.refresh_token != u.stored.refresh_token =>
+                {
+                    log::info!(
+                        "oauth: {} holds a new refresh token (picorelay oauth login?): it replaces the unsaved one in memory",
+                        path.display()
+                    );
+                    cache.unsaved = None;
+                }
+                // Unreadable or gone: for the reason the save failed, perhaps; ours is newer.
+                _ => return Ok(u.stored.clone()),
+            }
+        }
+        file.map_err(TokenError::Local)?.ok_or_else(|| {
+            TokenError::Local(format!(
+                "[oauth] token_file: {}: no refresh token stored: sign in once with picorelay oauth login",
+                path.display()
+            ))
+        })
+    }
+
+    /// keep saves a rotated refresh token; when it cannot, it stays in memory (see Unsaved),
+    /// and the new access token is used all the same: refusing it would stop all mail over a
+    /// full disk and send the old refresh token again at the next try.
+    fn keep(&self, cache: &mut Cache, used: &Stored, new: &str) {
+        let (on_disk, logged) = match cache.unsaved.take() {
+            Some(u) => (u.on_disk, u.logged),
+            None => (used.refresh_token.clone(), None),
+        };
+        cache.unsaved = Some(Unsaved {
+            stored: Stored {
+                refresh_token: new.to_string(),
+                signed_in: used.signed_in,
+                saved: Some(now_unix()),
+            },
+            on_disk,
+            tried: Instant::now(),
+            logged,
+        });
+        self.save_unsaved(cache, true);
+    }
+
+    /// save_unsaved writes a refresh token held only in memory to the file: always when
+    /// `now`, else at most every SAVE_RETRY. A file some sign-in wrote meanwhile is left.
+    fn save_unsaved(&self, cache: &mut Cache, now: bool) {
+        let Some(mut u) = cache.unsaved.take() else {
+            return;
+        };
+        if !now && u.tried.elapsed() < SAVE_RETRY {
+            cache.unsaved = Some(u);
+            return;
+        }
+        let path = &self.cfg.token_file;
+        if let Ok(Some(f)) = store::read(path) {
+            if f.refresh_token != u.on_disk && f.refresh_token != u.stored.refresh_token {
+                log::info!(
+                    "oauth: {} holds a new refresh token (picorelay oauth login?): the unsaved one in memory is dropped",
+                    path.display()
+                );
+                return;
+            }
+        }
+        u.tried = Instant::now();
+        match store::save(path, &u.stored, self.owner) {
+            Ok(()) if u.logged.is_some() => {
+                log::info!(
+                    "oauth: the rotated refresh token is saved to {} now",
+                    path.display()
+                );
+            }
+            Ok(()) => log::debug!("oauth: rotated refresh token saved to {}", path.display()),
+            Err(e) => {
+                let again = match &u.logged {
+                    Some((last, at)) => *last != e || at.elapsed() >= SAVE_RELOG,
+                    None => true,
+                };
+                if u.logged.is_none() {
+                    self.news.store(true, Ordering::Relaxed);
+                }
+                if again {
+                    log::error!("oauth: {e}: {UNSAVED_HELP}");
+                    u.logged = Some((e, Instant::now()));
+                }
+                cache.unsaved = Some(u);
+            }
+        }
+    }
+
     /// request asks the token endpoint for a new access token. With a refresh token, a
     /// rotated one is saved (atomically, fsynced) before the new access token is returned:
     /// the old one may already be void, and a crash must not leave us holding only that.
-    fn request(&self) -> Result<Answer, TokenError> {
+    /// When it cannot be saved, it is kept in memory (see `keep`).
+    fn request(&self, cache: &mut Cache) -> Result<Answer, TokenError> {
         let secret = client_secret(&self.cfg)?;
         let url = &self.endpoint.url;
         match self.cfg.grant {
@@ -460,15 +645,7 @@ impl Tokens {
                 token_answer(url, &self.endpoint.post(&form)?)
             }
             OAuthGrant::RefreshToken => {
-                let path = &self.cfg.token_file;
-                let stored = store::read(path)
-                    .map_err(TokenError::Local)?
-                    .ok_or_else(|| {
-                        TokenError::Local(format!(
-                            "[oauth] token_file: {}: no refresh token stored: sign in once with picorelay oauth login",
-                            path.display()
-                        ))
-                    })?;
+                let stored = self.current(cache)?;
                 let mut form = vec![
                     ("grant_type", "refresh_token"),
                     ("refresh_token", stored.refresh_token.as_str()),
@@ -479,27 +656,19 @@ impl Tokens {
                     form.push(("client_secret", s));
                 }
                 let answer = token_answer(url, &self.endpoint.post(&form)?)?;
-                if let Some(new) = answer
-                    .refresh_token
-                    .as_ref()
-                    .filter(|t| **t != stored.refresh_token)
-                {
-                    let rotated = Stored {
-                        refresh_token: new.clone(),
-                        signed_in: stored.signed_in,
-                        saved: Some(now_unix()),
-                    };
-                    store::save(path, &rotated, self.owner).map_err(|e| {
-                        log::error!("oauth: {e}: the new access token is not used");
-                        TokenError::Local(e)
-                    })?;
-                    log::debug!("oauth: rotated refresh token saved to {}", path.display());
+                match answer.refresh_token.as_deref() {
+                    Some(new) if new != stored.refresh_token => self.keep(cache, &stored, new),
+                    // Not rotated: one still unsaved from before is tried again.
+                    _ => self.save_unsaved(cache, true),
                 }
                 Ok(answer)
             }
         }
     }
 }
+
+/// What a person does about a rotated refresh token that could not be saved.
+const UNSAVED_HELP: &str = "the identity provider rotated the refresh token: the new one is kept in memory and used, and saving it is retried; make the token file's folder writable (free disk space) so it is saved. Until then a restart loses it and falls back to the one in the file, which the provider may have voided: then sign in again with picorelay oauth login";
 
 /// service_owner is the uid/gid a token file written by root must belong to, so the relay
 /// (which runs as its own user) can read and replace it: the `[server] user` when set; else,
@@ -529,6 +698,7 @@ pub fn service_owner(cfg: &Config) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     fn resp(status: u16, body: &str) -> http::Response {
         http::Response {
@@ -622,6 +792,234 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A scripted identity provider: a TLS token endpoint on 127.0.0.1 that answers each
+    /// request with what the next step returns for its form (the step may change the disk
+    /// first, while the relay waits for the answer: between its read and its save).
+    mod idp {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        use std::path::{Path, PathBuf};
+        use std::sync::OnceLock;
+        use std::time::Duration;
+
+        pub type Step = Box<dyn FnOnce(&str) -> String + Send>;
+
+        pub fn certs() -> &'static Path {
+            static DIR: OnceLock<PathBuf> = OnceLock::new();
+            DIR.get_or_init(|| crate::tls::tests::gen_certs("oauth-token"))
+        }
+
+        /// serve answers one connection per step; returns the token URL and the thread,
+        /// which ends after the last step.
+        pub fn serve(steps: Vec<Step>) -> (String, std::thread::JoinHandle<()>) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!(
+                "https://127.0.0.1:{}/token",
+                listener.local_addr().unwrap().port()
+            );
+            let cfg = crate::tls::server_config(&certs().join("ec.pem"), &certs().join("ec.key"))
+                .unwrap();
+            let t = std::thread::spawn(move || {
+                for step in steps {
+                    let (tcp, _) = listener.accept().unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                    let mut s = rustls::StreamOwned::new(conn, tcp);
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        assert_eq!(s.read(&mut byte).unwrap(), 1, "request cut short");
+                        req.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&req).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    s.read_exact(&mut body).unwrap();
+                    let json = step(&String::from_utf8(body).unwrap());
+                    write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                        json.len()
+                    )
+                    .unwrap();
+                    s.conn.send_close_notify();
+                    s.flush().unwrap();
+                }
+            });
+            (url, t)
+        }
+
+        /// granted is a success answer with access token `at` and, when given, a rotated
+        /// refresh token.
+        pub fn granted(at: &str, rt: Option<&str>) -> String {
+            match rt {
+                Some(rt) => format!(
+                    r#"{{"access_token":"{at}","token_type":"Bearer","expires_in":3600,"refresh_token":"{rt}"}}"#
+                ),
+                None => {
+                    format!(r#"{{"access_token":"{at}","token_type":"Bearer","expires_in":3600}}"#)
+                }
+            }
+        }
+    }
+
+    /// A token file in a folder of its own, DIR/oauth/oauth-token, holding refresh token `rt`,
+    /// and a Tokens for `url` using it.
+    fn relay_tokens(tag: &str, url: &str, rt: &str) -> (PathBuf, Tokens) {
+        let dir = std::env::temp_dir().join(format!("picorelay-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("oauth")).unwrap();
+        let file = dir.join("oauth/oauth-token");
+        store::save(&file, &store::parse(rt).unwrap(), None).unwrap();
+        let text = format!(
+            "[server]\nlisten = 127.0.0.1:2525\nhostname = h.test\n[queue]\ndir = {q}\n\
+             [smarthost]\nhost = 127.0.0.1:2526\nusername = relay@example.com\n\
+             [oauth]\nprovider = custom\ngrant = refresh_token\nclient_id = c\nscope = s\n\
+             token_url = {url}\nca_file = {ca}\ntimeout = 5s\ntoken_file = {f}\n",
+            q = dir.join("spool").display(),
+            ca = idp::certs().join("ca.pem").display(),
+            f = file.display(),
+        );
+        let cfg = Config::parse(Path::new("t.ini"), &text).unwrap();
+        (dir, Tokens::new(&cfg).unwrap().unwrap())
+    }
+
+    /// form_token is the refresh token a token request sent.
+    fn form_token(form: &str) -> String {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix("refresh_token="))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// blocked makes DIR/oauth a regular file (the folder moved aside): the token file can
+    /// neither be read nor written, even by root (ENOTDIR), as on a full or broken disk.
+    fn blocked(dir: &Path) {
+        std::fs::rename(dir.join("oauth"), dir.join("oauth.away")).unwrap();
+        std::fs::write(dir.join("oauth"), "not a folder").unwrap();
+    }
+
+    fn unblocked(dir: &Path) {
+        std::fs::remove_file(dir.join("oauth")).unwrap();
+        std::fs::rename(dir.join("oauth.away"), dir.join("oauth")).unwrap();
+    }
+
+    fn on_disk(dir: &Path) -> String {
+        store::read(&dir.join("oauth/oauth-token"))
+            .unwrap()
+            .unwrap()
+            .refresh_token
+    }
+
+    /// A rotated refresh token that cannot be saved is kept in memory: the new access token
+    /// is used, the next refresh sends the rotated token (not the old one in the file), and
+    /// once the folder is writable again the newest one is saved.
+    #[test]
+    fn unsaved_rotation_is_used_from_memory_and_saved_later() {
+        let dir = Arc::new(Mutex::new(PathBuf::new()));
+        let d = Arc::clone(&dir);
+        let steps: Vec<idp::Step> = vec![
+            Box::new(move |form| {
+                assert_eq!(form_token(form), "rt1");
+                blocked(&d.lock().unwrap());
+                idp::granted("at1", Some("rt2"))
+            }),
+            Box::new(|form| {
+                assert_eq!(form_token(form), "rt2", "the rotated token, from memory");
+                idp::granted("at2", Some("rt3"))
+            }),
+            Box::new(|form| {
+                assert_eq!(form_token(form), "rt3");
+                idp::granted("at3", None)
+            }),
+        ];
+        let (url, server) = idp::serve(steps);
+        let (path, tokens) = relay_tokens("unsaved", &url, "rt1");
+        *dir.lock().unwrap() = path.clone();
+
+        let g = tokens.get(None).expect("the new access token is used");
+        assert_eq!((g.access_token.as_str(), g.new), ("at1", true));
+        let why = tokens.unsaved().expect("status says the token is unsaved");
+        assert!(why.contains("cannot save the refresh token"), "{why}");
+        assert!(why.contains("picorelay oauth login"), "{why}");
+        assert!(!why.contains("rt2"), "no secret: {why}");
+        assert!(tokens.unsaved_news() && !tokens.unsaved_news());
+        assert_eq!(tokens.get(None).unwrap().access_token, "at1", "from memory");
+
+        // Refused by the smarthost: renewed with the rotated token; rt3 cannot be saved either.
+        assert_eq!(tokens.get(Some("at1")).unwrap().access_token, "at2");
+        assert!(matches!(tokens.retry_save(), Some(Err(_))));
+
+        // Writable again: the file still holds rt1, which the rotation replaced.
+        unblocked(&path);
+        assert_eq!(on_disk(&path), "rt1");
+        assert_eq!(tokens.retry_save(), Some(Ok(())));
+        assert_eq!(on_disk(&path), "rt3");
+        assert!(tokens.unsaved().is_none());
+        assert_eq!(tokens.retry_save(), None);
+
+        // And then from the file: not rotated this time, nothing more to save.
+        assert_eq!(tokens.get(Some("at2")).unwrap().access_token, "at3");
+        assert_eq!(on_disk(&path), "rt3");
+        server.join().unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    /// A refresh that does not rotate saves a pending token; a new sign-in written to the
+    /// file meanwhile wins over the unsaved token in memory.
+    #[test]
+    fn unsaved_rotation_yields_to_a_new_sign_in() {
+        let dir = Arc::new(Mutex::new(PathBuf::new()));
+        let (d1, d2) = (Arc::clone(&dir), Arc::clone(&dir));
+        let steps: Vec<idp::Step> = vec![
+            Box::new(move |_| {
+                blocked(&d1.lock().unwrap());
+                idp::granted("at1", Some("rt2"))
+            }),
+            Box::new(move |form| {
+                assert_eq!(form_token(form), "rt2");
+                unblocked(&d2.lock().unwrap());
+                idp::granted("at2", None)
+            }),
+            Box::new(|form| {
+                assert_eq!(form_token(form), "login", "the new sign-in, not rt2");
+                idp::granted("at3", None)
+            }),
+        ];
+        let (url, server) = idp::serve(steps);
+        let (path, tokens) = relay_tokens("signin", &url, "rt1");
+        *dir.lock().unwrap() = path.clone();
+        tokens.get(None).unwrap();
+        assert!(tokens.unsaved().is_some());
+        // Not rotated, folder back: the pending rt2 is saved by this refresh.
+        assert_eq!(tokens.get(Some("at1")).unwrap().access_token, "at2");
+        assert_eq!(on_disk(&path), "rt2");
+        assert!(tokens.unsaved().is_none());
+
+        // Pending again (rt4), then `oauth login` writes the file: the file wins.
+        tokens.lock().unsaved = Some(Unsaved {
+            stored: store::parse("rt4").unwrap(),
+            on_disk: "rt2".to_string(),
+            tried: Instant::now(),
+            logged: None,
+        });
+        store::save(
+            &path.join("oauth/oauth-token"),
+            &store::parse("login").unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(tokens.get(Some("at2")).unwrap().access_token, "at3");
+        assert!(tokens.unsaved().is_none());
+        assert_eq!(on_disk(&path), "login", "the sign-in is not overwritten");
+        server.join().unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
     }
 
     #[test]
