@@ -39,9 +39,12 @@ const MIN_DATA_RATE: u64 = 1024;
 const DATA_GRACE: Duration = Duration::from_secs(30);
 
 /// Past `max_message_size`, DATA is read on to its end (RFC 1870 6.3: then 552), but only up to
-/// this many times the limit more: a client that streams without end would hold a worker for
-/// ever at any rate the DATA rule allows. Then 552 and the connection is closed.
+/// this many times the limit more, or DISCARD_MIN when that is more: a client that streams
+/// without end would hold a worker for ever at any rate the DATA rule allows. Then 552 and the
+/// connection is closed. A client sending a real message a few times too big still gets its
+/// 552 at the end, in step.
 const DISCARD_PAST_LIMIT: u64 = 4;
+const DISCARD_MIN: u64 = 64 << 20;
 
 /// How long a client that goes on sending after its last reply is read and ignored before the
 /// connection is closed (`Conn::hang_up_on_a_talker`).
@@ -1381,10 +1384,9 @@ fn receive_data(
     });
     let mut write_failed = write_spool(shared, &mut incoming, header.as_bytes(), peer);
     let mut reader = DataReader::new(cfg.server.max_message_size);
-    let discard_until = cfg
-        .server
-        .max_message_size
-        .saturating_mul(DISCARD_PAST_LIMIT + 1);
+    let limit = cfg.server.max_message_size;
+    let discard_until =
+        limit.saturating_add(limit.saturating_mul(DISCARD_PAST_LIMIT).max(DISCARD_MIN));
     let mut chunk = Vec::with_capacity(READ_CHUNK + 64);
     let pace = DataPace::new(cfg.server.data_timeout);
     let mut received = 0u64;
@@ -1403,9 +1405,10 @@ fn receive_data(
         }
         if reader.size() > discard_until {
             log::info!(
-                "{}: DATA still going at {} bytes, past {DISCARD_PAST_LIMIT} times the size limit more; message discarded, closing",
+                "{}: DATA still going at {} bytes, {} past the size limit; message discarded, closing",
                 peer.tag,
-                reader.size()
+                reader.size(),
+                discard_until - limit
             );
             return Err(ReadEnd::TooBig);
         }
