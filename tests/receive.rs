@@ -95,6 +95,7 @@ fn protocol_errors_get_the_right_codes() {
     c.expect("RCPT TO:<a@b>", "503 5.5.1");
     c.expect("MAIL FROM:<a@b> FOO=BAR", "555 5.5.4");
     c.expect("MAIL FROM:<a@b> SIZE=65537", "552 5.3.4");
+    c.expect("MAIL FROM:<a@b> SIZE=99999999999999999999", "552 5.3.4");
     c.expect("MAIL FROM:<a@b> SIZE=65536", "250");
     c.expect("RSET", "250");
     c.expect(&format!("MAIL FROM:<{}@b>", "x".repeat(65)), "5");

@@ -275,10 +275,9 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
                 if v.len() > 20 || !v.bytes().all(|c| c.is_ascii_digit()) {
                     return Err(CommandError::ParamInvalid("SIZE value must be a number"));
                 }
-                let n = v
-                    .parse::<u64>()
-                    .map_err(|_| CommandError::ParamInvalid("SIZE value too large"))?;
-                p.size = Some(n);
+                // Twenty digits can exceed u64: such a message is too big for any limit, which
+                // is RFC 1870's 552 at MAIL, not a syntax error.
+                p.size = Some(v.parse::<u64>().unwrap_or(u64::MAX));
             }
             ("SIZE", None) => return Err(CommandError::ParamInvalid("SIZE needs a value")),
             ("BODY", v) => {
@@ -436,6 +435,10 @@ mod tests {
             ),
             (b"MAIL FROM:<>", mail(None, None, None, false)),
             (b"MAIL FROM:<> SIZE=0", mail(None, Some(0), None, false)),
+            (
+                b"MAIL FROM:<> SIZE=99999999999999999999",
+                mail(None, Some(u64::MAX), None, false),
+            ),
             (
                 b"MAIL FROM:<a@b> SIZE=12345 BODY=8BITMIME SMTPUTF8",
                 mail(
@@ -726,12 +729,6 @@ mod tests {
             (
                 b"MAIL FROM:<a@b> SIZE=123456789012345678901",
                 E::ParamInvalid("SIZE value must be a number"),
-                501,
-                "5.5.4",
-            ),
-            (
-                b"MAIL FROM:<a@b> SIZE=18446744073709551616",
-                E::ParamInvalid("SIZE value too large"),
                 501,
                 "5.5.4",
             ),
