@@ -1400,6 +1400,17 @@ fn pkce_login_by_the_browser_reaching_the_loopback_listener() {
     let port: u16 = redirect["http://127.0.0.1:".len()..redirect.len() - 1]
         .parse()
         .unwrap();
+    // Any local process can reach the port: a forged answer must not end the sign-in.
+    let mut forged = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the listener");
+    forged.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        forged,
+        "GET /?error=access_denied HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    let _ = forged.read_to_string(&mut page);
+    assert!(page.starts_with("HTTP/1.1 400"), "{page}");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the loopback listener");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(

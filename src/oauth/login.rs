@@ -332,7 +332,8 @@ fn code_flow(o: &OAuth, auth_url: &str) -> Result<token::Answer, LoginError> {
 
     let answer = Answer::default();
     let (from_browser, pasted) = (answer.clone(), answer.clone());
-    std::thread::spawn(move || browser_listener(listener, &from_browser));
+    let expected = state.clone();
+    std::thread::spawn(move || browser_listener(listener, &expected, &from_browser));
     std::thread::spawn(move || pasted_lines(&pasted));
     let got = answer.wait(CODE_WAIT).ok_or_else(|| {
         LoginError(format!(
@@ -341,18 +342,19 @@ fn code_flow(o: &OAuth, auth_url: &str) -> Result<token::Answer, LoginError> {
         ))
     })?;
     let field = |k: &str| got.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if let Some(error) = field("error") {
-        let clean: String = error.chars().filter(|c| !c.is_control()).take(64).collect();
-        return Err(LoginError(format!(
-            "the authorization server answered {clean} (the sign-in was declined or the app is not allowed)"
-        )));
-    }
-    // RFC 6749 10.12: an answer for another request (or a forged one) is refused.
+    // RFC 6749 10.12: an answer for another request (or a forged one) is refused, an error
+    // answer too (the provider echoes `state` in both).
     if field("state") != Some(state.as_str()) {
         return Err(LoginError(
             "the address's state does not match this sign-in: paste the address from this sign-in's browser window"
                 .to_string(),
         ));
+    }
+    if let Some(error) = field("error") {
+        let clean: String = error.chars().filter(|c| !c.is_control()).take(64).collect();
+        return Err(LoginError(format!(
+            "the authorization server answered {clean} (the sign-in was declined or the app is not allowed)"
+        )));
     }
     let Some(code) = field("code").filter(|c| !c.is_empty()) else {
         return Err(LoginError("the address has no code".to_string()));
@@ -410,13 +412,23 @@ fn pasted_lines(answer: &Answer) {
 
 /// browser_listener answers the browser's request to the redirect URI; other requests
 /// (a favicon) get a 404.
-fn browser_listener(listener: TcpListener, answer: &Answer) {
+fn browser_listener(listener: TcpListener, state: &str, answer: &Answer) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let Some(target) = request_target(&mut conn) else {
             continue;
         };
         match query_of(&target) {
+            // Any local process can reach the port: an answer for another sign-in (or a forged
+            // one, "?error=x") must not end this one. The provider echoes `state`, errors too
+            // (RFC 6749 4.1.2.1).
+            Some(q) if !q.iter().any(|(k, v)| k == "state" && v == state) => {
+                respond(
+                    &mut conn,
+                    "400 Bad Request",
+                    "not the answer to this sign-in",
+                );
+            }
             Some(q) => {
                 let body = "<!doctype html>\n<html><head><title>picorelay</title></head><body>\
                             <p>picorelay received the answer: you can close this window and go \
