@@ -599,8 +599,14 @@ impl Config {
         let file = path.display().to_string();
         let mut errors = Vec::new();
         let raw = read_raw(&file, text, &mut errors);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let mut l = Loader {
             file,
+            base,
             raw,
             errors,
             warnings: Vec::new(),
@@ -1064,8 +1070,18 @@ fn prepass(file: &str, text: &str, errors: &mut Vec<String>) -> String {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
+            // Not the line itself: `password: secret` (another ini dialect) or a password on a
+            // line of its own would land in the log and on the terminal.
+            let word: String = t
+                .split(|c: char| c == ':' || c.is_whitespace())
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(32)
+                .collect();
             errors.push(format!(
-                "{file}: line {n}: \"{t}\" is neither key = value nor [section]"
+                "{file}: line {n}: \"{word}…\" is neither key = value nor [section] (the rest of the line is not shown: it may be a secret)"
             ));
             continue;
         };
@@ -1264,6 +1280,9 @@ fn schema_keys(sec: &str) -> &'static [(&'static str, &'static str)] {
 /// Loader turns raw values into typed ones, collecting errors and warnings.
 struct Loader {
     file: String,
+    /// The config file's folder: relative paths in it are taken from there, not from whatever
+    /// folder the command happens to run in (systemd, cron and a shell each have their own).
+    base: PathBuf,
     raw: BTreeMap<&'static str, Vec<Line>>,
     errors: Vec<String>,
     warnings: Vec<String>,
@@ -1295,6 +1314,13 @@ impl Loader {
     fn warn(&mut self, sec: &str, key: &str, reason: impl fmt::Display) {
         self.warnings
             .push(format!("{}: [{sec}] {key}: {reason}", self.file));
+    }
+
+    /// path reads a key that names a file or folder: None when empty; a relative path is
+    /// taken from the config file's folder.
+    fn path(&mut self, sec: &str, key: &str) -> Option<PathBuf> {
+        let p = self.val(sec, key, opt_path)?;
+        Some(self.base.join(p))
     }
 
     /// val parses one key; on error it records it and returns the default's value,
@@ -1346,8 +1372,8 @@ fn build(l: &mut Loader, path: &Path) -> Config {
     let max_recipients = l.val(sv, "max_recipients", |s| number(s, 1, 100_000)) as usize;
     let command_timeout = l.val(sv, "command_timeout", duration_positive);
     let data_timeout = l.val(sv, "data_timeout", duration_positive);
-    let tls_cert = l.val(sv, "tls_cert", opt_path);
-    let tls_key = l.val(sv, "tls_key", opt_path);
+    let tls_cert = l.path(sv, "tls_cert");
+    let tls_key = l.path(sv, "tls_key");
     let require_tls = l.val(sv, "require_tls", parse_bool);
     let relay_networks = l.val(sv, "relay_networks", |s| list(s, parse_cidr));
     let local_domains = l.val(sv, "local_domains", |s| {
@@ -1368,7 +1394,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         _ => Err(format!("\"{s}\" is not one of off, optional, required")),
     });
     let user = l.val(sv, "user", |s| opt_word(s, "a user name"));
-    let pid_file = l.val(sv, "pid_file", opt_path);
+    let pid_file = l.path(sv, "pid_file");
 
     match (&tls_cert, &tls_key) {
         (Some(_), None) => l.err(
@@ -1433,7 +1459,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         _ => Err(format!("\"{s}\" is not one of starttls, tls, none")),
     });
     let tls_verify = l.val(sh, "tls_verify", parse_bool);
-    let ca_file = l.val(sh, "ca_file", opt_path);
+    let ca_file = l.path(sh, "ca_file");
     let tls_fingerprint = l.val(sh, "tls_fingerprint", fingerprint);
     let username = l.val(sh, "username", |s| {
         Ok((!s.is_empty()).then(|| s.to_string()))
@@ -1441,7 +1467,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
     let password_value = l.val(sh, "password", |s| {
         Ok((!s.is_empty()).then(|| s.to_string()))
     });
-    let password_file = l.val(sh, "password_file", opt_path);
+    let password_file = l.path(sh, "password_file");
     let helo = l.val(sh, "helo", |s| {
         if s.is_empty() {
             Ok(hostname.clone())
@@ -1513,7 +1539,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
     }
 
     let qu = "queue";
-    let dir = l.val(qu, "dir", |s| Ok(PathBuf::from(s)));
+    let dir = l.path(qu, "dir").unwrap_or_default();
     let retry_min = l.val(qu, "retry_min", duration_positive);
     let retry_max = l.val(qu, "retry_max", duration_positive);
     let lifetime = l.val(qu, "lifetime", duration_positive);
@@ -1615,7 +1641,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
         };
         Ok(Some(level))
     });
-    let log_file = l.val("log", "file", opt_path);
+    let log_file = l.path("log", "file");
 
     Config {
         path: path.to_path_buf(),
@@ -1809,7 +1835,7 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
     let client_secret = l.val(o, "client_secret", |s| {
         Ok((!s.is_empty()).then(|| s.to_string()))
     });
-    let client_secret_file = l.val(o, "client_secret_file", opt_path);
+    let client_secret_file = l.path(o, "client_secret_file");
     if client_secret.is_some() && client_secret_file.is_some() {
         l.err(
             o,
@@ -1834,9 +1860,9 @@ fn build_oauth(l: &mut Loader, queue_dir: &Path) -> Option<OAuth> {
         }
     });
     let token_file = l
-        .val(o, "token_file", opt_path)
+        .path(o, "token_file")
         .unwrap_or_else(|| queue_dir.join("oauth-token"));
-    let ca_file = l.val(o, "ca_file", opt_path);
+    let ca_file = l.path(o, "ca_file");
     let timeout = l.val(o, "timeout", duration_positive);
 
     let ms = |tail: &str| format!("{MICROSOFT_BASE}{tenant}/oauth2/v2.0/{tail}");
@@ -1965,8 +1991,8 @@ fn certificate_credential(
     secret_given: bool,
 ) -> Option<ClientCertificate> {
     let o = "oauth";
-    let cert = l.val(o, "client_certificate", opt_path);
-    let key = l.val(o, "client_key", opt_path);
+    let cert = l.path(o, "client_certificate");
+    let key = l.path(o, "client_key");
     let named = if cert.is_some() {
         "client_certificate"
     } else {
@@ -2730,7 +2756,8 @@ mod tests {
                 "picorelay.ini: [mail]: unknown section (line 1); sections are [server] [users] [smarthost] [oauth] [queue] [aliases] [rewrite] [log]",
             ),
             ("[server]\nfoo = 1", &unknown_key),
-            ("[server]\njust text", r#"picorelay.ini: line 2: "just text" is neither key = value nor [section]"#),
+            ("[server]\njust text", r#"picorelay.ini: line 2: "just…" is neither key = value nor [section] (the rest of the line is not shown: it may be a secret)"#),
+            ("[smarthost]\npassword: Hunter2", r#"picorelay.ini: line 2: "password…" is neither key = value nor [section] (the rest of the line is not shown: it may be a secret)"#),
             ("[server]\n = 5", "picorelay.ini: line 2: a key is missing before ="),
             ("[server", r#"picorelay.ini: line 1: "[server": a section header ends with ]"#),
             ("[server] x", "picorelay.ini: line 1: text after [server] (only a ; comment may follow)"),
@@ -3112,7 +3139,9 @@ file = /var/log/picorelay.log
             (s.command_timeout.as_secs(), s.data_timeout.as_secs()),
             (90, 120)
         );
-        assert_eq!(s.tls_cert, Some(PathBuf::from("cert.pem")));
+        // Relative to the config file's folder (here the working folder: F has none).
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(s.tls_cert, Some(here.join("cert.pem")));
         assert!(s.require_tls);
         assert_eq!(s.relay_networks[0].to_string(), "192.168.1.7/24");
         assert_eq!(s.relay_networks[1].to_string(), "2001:db8::1/128");
@@ -3146,7 +3175,7 @@ file = /var/log/picorelay.log
         assert_eq!(h.tls_fingerprint, Some(fp));
         assert_eq!(h.password.as_deref(), Some("s3cret ;x"));
         assert_eq!(h.helo, "nas.example.com");
-        assert_eq!(c.queue.dir, PathBuf::from("spool"));
+        assert_eq!(c.queue.dir, std::env::current_dir().unwrap().join("spool"));
         assert_eq!(c.queue.max_size, 1 << 30);
         assert_eq!(
             c.queue.bounce_to,
@@ -3183,9 +3212,29 @@ file = /var/log/picorelay.log
             "{summary}"
         );
         assert!(summary.contains("auth as relay@example.com"), "{summary}");
+        let spool = std::env::current_dir().unwrap().join("spool");
         assert!(
-            summary.contains("spool spool (max 1G), retry 30s..30s, lifetime 1d"),
+            summary.contains(&format!(
+                "spool {} (max 1G), retry 30s..30s, lifetime 1d",
+                spool.display()
+            )),
             "{summary}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_files_folder() {
+        let text = "[server]\ntls_cert = tls/cert.pem\ntls_key = /abs/key.pem\n\n[queue]\ndir = spool\n\n[log]\nfile = ../log/picorelay.log\n";
+        let c = Config::parse(Path::new("/etc/picorelay/picorelay.ini"), text).unwrap();
+        assert_eq!(c.queue.dir, PathBuf::from("/etc/picorelay/spool"));
+        assert_eq!(
+            c.server.tls_cert,
+            Some(PathBuf::from("/etc/picorelay/tls/cert.pem"))
+        );
+        assert_eq!(c.server.tls_key, Some(PathBuf::from("/abs/key.pem")));
+        assert_eq!(
+            c.log.file,
+            Some(PathBuf::from("/etc/picorelay/../log/picorelay.log"))
         );
     }
 

@@ -73,6 +73,13 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         &mut n.queue.max_size,
         c,
     );
+    // The spool keeps or stops keeping delivered files from start-up on (Spool::recycle_delivered).
+    keep(
+        "[queue] reuse_files",
+        &o.queue.reuse_files,
+        &mut n.queue.reuse_files,
+        c,
+    );
     keep("[log] file", &o.log.file, &mut n.log.file, c);
     changed
 }
