@@ -603,7 +603,10 @@ impl Config {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let base = match std::env::current_dir() {
+            Ok(cwd) if dir.is_relative() => cwd.join(dir),
+            _ => dir.to_path_buf(),
+        };
         let mut l = Loader {
             file,
             base,

@@ -77,9 +77,19 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
     let mut rest: Vec<String> = Vec::new();
     let mut it = argv.into_iter();
     while let Some(a) = it.next() {
-        // sendmail's own options follow its word untouched (its -C names the config).
+        // sendmail's own options follow its word untouched (its -C names the config), but for
+        // a -c / --config right after the word: the config everywhere else, and sendmail's own
+        // -c (an obsolete no-op) takes no file, which would become a recipient.
         if rest.first().is_some_and(|w| w == "sendmail") {
-            rest.push(a);
+            match a.as_str() {
+                "-c" | "--config" if rest.len() == 1 => {
+                    config = PathBuf::from(it.next().ok_or("-c needs a file name")?)
+                }
+                _ if rest.len() == 1 && a.starts_with("--config=") => {
+                    config = PathBuf::from(&a["--config=".len()..])
+                }
+                _ => rest.push(a),
+            }
             continue;
         }
         match a.as_str() {

@@ -575,3 +575,31 @@ fn message_waits_while_the_relay_is_down() {
     assert_eq!(txns[0].rcpts, ["ops@example.com"]);
     wait_for("the queue to empty", || relay.queue_ids().is_empty());
 }
+
+#[test]
+fn sendmail_takes_c_right_after_its_word_as_the_config() {
+    // `picorelay sendmail -c FILE ...` as every other command takes -c, with another config in
+    // the environment: the message goes to the spool of FILE, to the one recipient.
+    let s = Setup::new("");
+    let other = Setup::new("");
+    let config = s.config.to_str().unwrap();
+    let out = run(
+        Path::new(bin()),
+        &["sendmail", "-c", config, "-i", "root@example.org"],
+        Some(&other.config),
+        b"Subject: c\n\nbody\n",
+    );
+    ok(&out);
+    assert!(other.ids().is_empty(), "not the environment's config");
+    let (env, _) = s.only();
+    assert_eq!(rcpts(&env), ["root@example.org"]);
+    // The same with --config=FILE.
+    let arg = format!("--config={config}");
+    ok(&run(
+        Path::new(bin()),
+        &["sendmail", &arg, "root@example.org"],
+        Some(&other.config),
+        b"Subject: c\n\nbody\n",
+    ));
+    assert_eq!(s.ids().len(), 2);
+}
