@@ -76,6 +76,7 @@ pub fn check(path: &Path) -> u8 {
     if let Err(e) = crate::delivery::tokens(&cfg) {
         problems.push(e);
     }
+    problems.extend(start_up_problems(&cfg));
     problems.dedup();
     for p in &problems {
         println!("{p}");
@@ -89,6 +90,35 @@ pub fn check(path: &Path) -> u8 {
     } else {
         1
     }
+}
+
+/// start_up_problems are what `serve` would refuse at start-up beyond the files the config
+/// reads: the account to switch to, and the folders of the pid file and the log file (which
+/// `serve` creates). `check` must not say ok to a config `serve` then refuses.
+fn start_up_problems(cfg: &Config) -> Vec<String> {
+    let file = cfg.path.display();
+    let mut problems = Vec::new();
+    if let Some(name) = &cfg.server.user {
+        if let Err(e) = sys::lookup_user(name) {
+            problems.push(format!("{file}: [server] user: {e}"));
+        }
+    }
+    let places = [
+        ("[server] pid_file", cfg.server.pid_file.as_deref()),
+        ("[log] file", cfg.log.file.as_deref()),
+    ];
+    for (key, path) in places {
+        let Some(dir) = path.and_then(Path::parent) else {
+            continue;
+        };
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            problems.push(format!(
+                "{file}: {key}: the folder {} does not exist: create it or name another",
+                dir.display()
+            ));
+        }
+    }
+    problems
 }
 
 /// Exit code for a config that cannot be loaded: 1, like every start-up error

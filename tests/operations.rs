@@ -772,3 +772,41 @@ fn make_install_sendmail_and_uninstall() {
         "other MTA"
     );
 }
+
+#[test]
+fn check_refuses_what_serve_would_refuse_at_start() {
+    // An unknown account and missing folders for the pid and log files: `serve` stops on each,
+    // so `check` must not say ok.
+    let dir = TempDir::new("check-start");
+    let missing = dir.path().join("missing");
+    let ini = merge_ini(
+        &base_ini(&dir.path().join("spool")),
+        &format!(
+            "[server]\nuser = no-such-user-here\npid_file = {m}/p.pid\n\n[log]\nfile = {m}/l.log\n",
+            m = missing.display()
+        ),
+    );
+    let config = dir.path().join("picorelay.ini");
+    std::fs::write(&config, ini).unwrap();
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("check")
+        .env_remove("PICORELAY_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in ["[server] user:", "[server] pid_file:", "[log] file:"] {
+        assert!(text.contains(want), "{want} missing in {text}");
+    }
+    assert!(!text.contains(": ok"), "{text}");
+    let serve = Command::new(bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("PICORELAY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(1), "serve refuses it too");
+}
