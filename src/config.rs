@@ -593,16 +593,32 @@ impl Config {
         }
     }
 
+    /// load_for_spool loads the config for a command that only works on the spool (`sendmail`,
+    /// `queue`, `status`): `password_file` is not read. A user allowed to submit needs the
+    /// config and the spool, not the smarthost password, which may stay readable by the
+    /// service user alone; reading it would refuse their message.
+    pub fn load_for_spool(path: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse_with(path, &text, false),
+            Err(e) => Err(ConfigErrors(vec![format!(
+                "{}: cannot read the config file: {}",
+                path.display(),
+                io_reason(&e)
+            )])),
+        }
+    }
+
     /// parse validates `text` as if read from `path`. It touches the system only for the
     /// default host name and to read `password_file`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_with(path, text, true)
+    }
+
+    fn parse_with(path: &Path, text: &str, read_secrets: bool) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let mut errors = Vec::new();
         let raw = read_raw(&file, text, &mut errors);
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = path.parent().unwrap_or(Path::new(""));
         let base = match std::env::current_dir() {
             Ok(cwd) if dir.is_relative() => cwd.join(dir),
             _ => dir.to_path_buf(),
@@ -610,6 +626,7 @@ impl Config {
         let mut l = Loader {
             file,
             base,
+            read_secrets,
             raw,
             errors,
             warnings: Vec::new(),
@@ -1286,6 +1303,8 @@ struct Loader {
     /// The config file's folder: relative paths in it are taken from there, not from whatever
     /// folder the command happens to run in (systemd, cron and a shell each have their own).
     base: PathBuf,
+    /// Whether `password_file` is read (not for commands that only touch the spool).
+    read_secrets: bool,
     raw: BTreeMap<&'static str, Vec<Line>>,
     errors: Vec<String>,
     warnings: Vec<String>,
@@ -1489,6 +1508,7 @@ fn build(l: &mut Loader, path: &Path) -> Config {
             None
         }
         (Some(p), None) => Some(p),
+        (None, Some(_)) if !l.read_secrets => None,
         (None, Some(file)) => match read_first_line(file) {
             Ok(p) => {
                 if let Some(mode) = open_to_others(file) {

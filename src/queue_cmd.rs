@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use crate::message;
-use crate::serve::load_config;
+use crate::serve::load_spool_config as load_config;
 use crate::spool::{self, Envelope, RcptState, Spool, SpoolError};
 
 fn open_spool(path: &Path) -> Option<Spool> {

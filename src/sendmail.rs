@@ -437,7 +437,7 @@ fn execute(prog: &str, default_config: &Path, o: &Options) -> Result<u8, Sendmai
 
 /// load_config loads the config, printing each problem on its own line.
 fn load_config(path: &Path) -> Result<Config, SendmailError> {
-    Config::load(path).map_err(|errors| {
+    Config::load_for_spool(path).map_err(|errors| {
         for line in &errors.0 {
             eprintln!("{line}");
         }

@@ -27,7 +27,17 @@ const TMP_LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// load_config loads the config or prints every problem, one per line.
 pub fn load_config(path: &Path) -> Option<Config> {
-    match Config::load(path) {
+    printed(Config::load(path))
+}
+
+/// load_spool_config is load_config for commands that only touch the spool: the smarthost
+/// password file is not read (`Config::load_for_spool`).
+pub fn load_spool_config(path: &Path) -> Option<Config> {
+    printed(Config::load_for_spool(path))
+}
+
+fn printed(loaded: Result<Config, crate::config::ConfigErrors>) -> Option<Config> {
+    match loaded {
         Ok(c) => Some(c),
         Err(errors) => {
             for line in &errors.0 {

@@ -488,7 +488,7 @@ pub fn read(spool_dir: &Path) -> Result<Status, StatusError> {
 /// run is `picorelay status [--json]`: exit 0 running (prints the summary),
 /// 3 not running, 4 cannot tell.
 pub fn run(config: &Path, json: bool) -> u8 {
-    let Some(cfg) = crate::serve::load_config(config) else {
+    let Some(cfg) = crate::serve::load_spool_config(config) else {
         return EXIT_UNKNOWN;
     };
     let now = message::now();

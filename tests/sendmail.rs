@@ -603,3 +603,24 @@ fn sendmail_takes_c_right_after_its_word_as_the_config() {
     ));
     assert_eq!(s.ids().len(), 2);
 }
+
+#[test]
+fn submitting_does_not_read_the_smarthost_password_file() {
+    // The password file may be readable by the service user alone; a user allowed to submit
+    // must still get the message queued (here the file cannot be read by anyone: it is gone).
+    let s = Setup::new(
+        "[smarthost]\nhost = 127.0.0.1:1\nusername = u\npassword_file = /nonexistent/picorelay-pw\n",
+    );
+    ok(&s.sendmail(&["-i", "root@example.org"], b"Subject: pw\n\nbody\n"));
+    assert_eq!(s.ids().len(), 1);
+    let list = picorelay(&s.config, &["queue", "list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    // The relay itself, and check, still need it.
+    let check = picorelay(&s.config, &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("[smarthost] password_file"));
+}
