@@ -175,6 +175,22 @@ fn start(cfg: Config) -> Result<(), String> {
     };
     let spool = Spool::open(&cfg.queue.dir, cfg.queue.max_size)
         .map_err(|e| format!("{file}: [queue] dir: {e}"))?;
+    // Before anything in the spool is touched (leftovers, spares, the status socket).
+    let _serving = match crate::spool::lock::claim(spool.dir()) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return Err(format!(
+                "{file}: [queue] dir: {} is served by another picorelay already: stop it, or give this one a spool of its own",
+                spool.dir().display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "{file}: [queue] dir: cannot lock {}: {e}",
+                spool.dir().display()
+            ))
+        }
+    };
     // A bad [oauth] endpoint or ca_file stops start-up here, not at the first delivery.
     crate::delivery::tokens(&cfg)?;
     let listeners = server::bind(&cfg)?;

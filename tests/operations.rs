@@ -810,3 +810,25 @@ fn check_refuses_what_serve_would_refuse_at_start() {
         .unwrap();
     assert_eq!(serve.status.code(), Some(1), "serve refuses it too");
 }
+
+#[test]
+fn a_second_relay_on_the_same_spool_is_refused() {
+    // Both would deliver every message: the second stops at start, naming the spool.
+    let relay = Relay::start("");
+    let out = Command::new(bin())
+        .arg("-c")
+        .arg(&relay.config)
+        .arg("serve")
+        .env_remove("PICORELAY_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("[queue] dir") && err.contains("served by another picorelay"),
+        "{err}"
+    );
+    // The first one goes on serving.
+    let id = relay.submit("a@example.com", &["b@example.org"], &message("s", "x"));
+    assert!(relay.queue_ids().contains(&id));
+}

@@ -28,6 +28,7 @@ use crate::sys;
 
 mod dirsync;
 pub mod format;
+pub mod lock;
 mod spares;
 
 use dirsync::{sync_dir, DirSync};
