@@ -1528,9 +1528,14 @@ impl Shared {
 
     /// unreadable handles a message the spool cannot give us.
     fn unreadable(&self, id: &str, e: &SpoolError) {
+        // A file that went bad after the scan (cut short, replaced by something else) is set
+        // aside as the scan would, not retried for ever.
+        if let SpoolError::Corrupt(why) = e {
+            self.spool.set_aside(id, why);
+        }
         let mut w = self.lock();
         match e {
-            SpoolError::NotFound(_) => w.index.remove(id),
+            SpoolError::NotFound(_) | SpoolError::Corrupt(_) => w.index.remove(id),
             _ => {
                 log::error!("delivery {id}: cannot read it from the spool: {e}");
                 w.index

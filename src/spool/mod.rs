@@ -397,16 +397,39 @@ impl Spool {
         Ok(self.queue.join(id))
     }
 
-    /// Opens queue/ID; NotFound when there is no such message.
+    /// Opens queue/ID; NotFound when there is no such message, Corrupt when it is not a plain
+    /// file. Whatever lands in queue/ under an id-like name is opened without following a
+    /// symbolic link (a spare made of one would be written through it) and without waiting (a
+    /// FIFO would block the scan, and with it the whole queue, until someone wrote to it).
     fn open_queued(&self, id: &str) -> Result<(File, PathBuf), SpoolError> {
         let path = self.queue_path(id)?;
-        match File::open(&path) {
-            Ok(f) => Ok((f, path)),
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let file = match opened {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(SpoolError::NotFound(id.to_string()))
+                return Err(SpoolError::NotFound(id.to_string()))
             }
-            Err(e) => Err(io_err(&e, "cannot open", &path)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(SpoolError::Corrupt(format!(
+                    "{}: a symbolic link, not a message file",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(io_err(&e, "cannot open", &path)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err(&e, "cannot stat", &path))?;
+        if !meta.is_file() {
+            return Err(SpoolError::Corrupt(format!(
+                "{}: not a plain file",
+                path.display()
+            )));
         }
+        Ok((file, path))
     }
 
     /// A fresh id and a new tmp/ file of that name.
@@ -456,7 +479,11 @@ impl Spool {
     /// A fresh id and a spare file to overwrite with its message, when one is ready.
     fn reuse(&self) -> Option<(String, Aside, File)> {
         let spare = self.spares.take(&self.queue_sync)?;
-        match OpenOptions::new().write(true).open(&spare.path) {
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&spare.path);
+        match opened {
             Ok(file) => {
                 let id = new_id();
                 log::debug!("spool: {id} overwrites {}", spare.path.display());
@@ -541,6 +568,13 @@ impl Spool {
         }
         self.usage.store(total, Ordering::SeqCst);
         Ok(envelopes)
+    }
+
+    /// set_aside moves queued message `id`, found corrupt after the scan, to corrupt/.
+    pub fn set_aside(&self, id: &str, why: &str) {
+        if let Ok(path) = self.queue_path(id) {
+            self.quarantine(id, &path, why);
+        }
     }
 
     /// Moves an unparseable file to corrupt/ (never overwriting an earlier one) and logs it.
@@ -959,6 +993,62 @@ pub(super) mod tests {
         let mut inc = spool.begin(e).unwrap();
         inc.write_all(body).unwrap();
         inc.commit().unwrap()
+    }
+
+    #[test]
+    fn links_and_fifos_in_queue_are_set_aside_without_blocking() {
+        let t = TempDir::new("odd-files");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        spool.recycle_delivered(true);
+        let real = queue_one(&spool, &env(), b"Subject: real\r\n\r\nx\r\n");
+        // A link to a copy of a message, and a FIFO, under id-like names.
+        let copy = t.0.join("copy");
+        fs::copy(t.0.join("queue").join(&real), &copy).unwrap();
+        let link = format!("{}1", &real[..real.len() - 1]);
+        std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&link)).unwrap();
+        let fifo = format!("{}2", &real[..real.len() - 1]);
+        let c = std::ffi::CString::new(
+            t.0.join("queue")
+                .join(&fifo)
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // The scan must come back (a FIFO opened to read waits for a writer for ever).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spool = Arc::new(spool);
+        let s2 = Arc::clone(&spool);
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                s2.scan()
+                    .map(|v| v.into_iter().map(|e| e.id).collect::<Vec<_>>()),
+            );
+        });
+        let ids = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the scan blocked")
+            .unwrap();
+        assert_eq!(ids, [real.clone()]);
+        let mut aside = files(&t.0.join("corrupt"));
+        aside.sort();
+        let mut want = vec![link.clone(), fifo];
+        want.sort();
+        assert_eq!(aside, want);
+        // Delivered, a link is never kept to be written through.
+        std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&link)).unwrap();
+        let kept = spool
+            .spares
+            .keep(
+                &t.0.join("queue").join(&link),
+                &link,
+                &spool.tmp,
+                &spool.queue_sync,
+            )
+            .unwrap();
+        assert_eq!(kept, None);
+        assert!(fs::read(&copy).unwrap().ends_with(b"x\r\n"));
     }
 
     #[test]

@@ -90,7 +90,9 @@ impl Spares {
         tmp: &Path,
         queue_sync: &DirSync,
     ) -> io::Result<Option<u64>> {
-        let meta = fs::metadata(path)?;
+        // Not followed: a symbolic link that passed for a message must never become a file to
+        // write a new message through.
+        let meta = fs::symlink_metadata(path)?;
         let mut pool = self.lock();
         let fits = pool.on
             && pool.files.len() < MAX_FILES
