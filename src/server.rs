@@ -714,6 +714,26 @@ fn release_ip(shared: &Shared, ip: IpAddr) {
     }
 }
 
+/// clone_for_the_pool is a second handle on the session's socket, for the pool to end it.
+/// Out of descriptors, the accept that gave us the socket may have taken the last one: other
+/// sessions ending free more within moments, so a second is waited before giving up.
+fn clone_for_the_pool(tcp: &TcpStream) -> Option<TcpStream> {
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        match tcp.try_clone() {
+            Ok(c) => return Some(c),
+            Err(e) if is_out_of_descriptors(&e) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 /// How long the accept loop rests after accept itself failed (out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -725,11 +745,10 @@ static ACCEPT_ERROR_LOGGED: AtomicU64 = AtomicU64::new(0);
 fn log_accept_error(e: &io::Error) {
     let now = message::now();
     if ACCEPT_ERROR_LOGGED.swap(now, Ordering::Relaxed) != now {
-        let hint = match e.raw_os_error() {
-            Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                ": out of file descriptors; waiting connections are served as sessions end (lower [server] workers or raise the open files limit, LimitNOFILE= in systemd)"
-            }
-            _ => "",
+        let hint = if is_out_of_descriptors(e) {
+            ": out of file descriptors; waiting connections are served as sessions end (lower [server] workers or raise the open files limit, LimitNOFILE= in systemd)"
+        } else {
+            ""
         };
         log::error!("accept failed: {e}{hint}");
     }
@@ -1032,7 +1051,7 @@ fn serve(shared: &Arc<Shared>, p: Pending) -> Option<u64> {
             ""
         }
     );
-    let Ok(clone) = p.tcp.try_clone() else {
+    let Some(clone) = clone_for_the_pool(&p.tcp) else {
         // Without a handle the pool could neither evict the session nor end it at shutdown.
         refuse(
             p.tcp,

@@ -25,19 +25,26 @@ pub struct ServeLock {
 pub fn claim(dir: &Path) -> io::Result<Option<ServeLock>> {
     let path = dir.join(NAME);
     let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // Read-only is enough for flock, and works on a file an earlier run as root left.
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(&path)
-    {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
+    // Created when missing, then held open read-only: enough for flock, possible on a file an
+    // earlier run as root left, and no file open for writing keeps the filesystem from being
+    // remounted read-only (an admin's remedy for a failing disk).
+    let read_only = || {
+        OpenOptions::new()
+            .read(true)
             .custom_flags(flags)
-            .open(&path)?,
+            .open(&path)
+    };
+    let file = match read_only() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o640)
+                .custom_flags(flags)
+                .open(&path)?;
+            read_only()?
+        }
         other => other?,
     };
     Ok(sys::try_lock(&file)?.then_some(ServeLock { _file: file }))

@@ -1030,7 +1030,7 @@ pub(super) mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the scan blocked")
             .unwrap();
-        assert_eq!(ids, [real.clone()]);
+        assert_eq!(ids, std::slice::from_ref(&real));
         let mut aside = files(&t.0.join("corrupt"));
         aside.sort();
         let mut want = vec![link.clone(), fifo];
