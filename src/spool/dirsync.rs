@@ -4,6 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::{io_err, SpoolError};
@@ -11,8 +12,27 @@ use super::{io_err, SpoolError};
 /// fsyncs a directory so a rename or unlink in it survives a crash.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| fsync_folder(&d, dir))
         .map_err(|e| io_err(&e, "cannot fsync directory", dir))
+}
+
+/// fsync_folder fsyncs an open folder. Some filesystems (FUSE ones, some network ones) answer
+/// EINVAL: they cannot sync a folder at all. Refusing all mail for it would lose more than it
+/// saves; the relay says once what it cannot promise there and goes on.
+fn fsync_folder(d: &File, path: &Path) -> std::io::Result<()> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    match d.sync_all() {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "spool: the filesystem of {} cannot fsync a folder (EINVAL): a message's name reaches the disk when the filesystem writes it, so a power cut may lose mail already acknowledged; put [queue] dir on a local filesystem (ext4, xfs, f2fs, UBIFS)",
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// DirSync makes renames and unlinks in one directory durable with as few
@@ -57,7 +77,7 @@ impl DirSync {
                 Err(e) => return (Err(io_err(&e, "cannot fsync directory", &self.dir)), None),
             },
         };
-        match dir.sync_all() {
+        match fsync_folder(&dir, &self.dir) {
             Ok(()) => (Ok(()), Some(dir)),
             Err(e) => (Err(io_err(&e, "cannot fsync directory", &self.dir)), None),
         }
