@@ -233,12 +233,28 @@ fn ensure_dir(dir: &Path) -> Result<bool, SpoolError> {
 
 /// Creates a new file exclusively (O_EXCL), mode 0640.
 fn create_new(path: &Path) -> Result<File, SpoolError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
         .open(path)
-        .map_err(|e| io_err(&e, "cannot create", path))
+        .map_err(|e| io_err(&e, "cannot create", path))?;
+    // Held until the file is closed: `clean_tmp` leaves a locked file alone, however old, so a
+    // `sendmail` fed slowly for hours keeps the message it is writing.
+    let _ = sys::try_lock(&file);
+    Ok(file)
+}
+
+/// in_use tells whether another open file holds the lock `create_new` takes on a file.
+fn in_use(path: &Path) -> bool {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    match opened {
+        Ok(f) => !sys::try_lock(&f).unwrap_or(true),
+        Err(_) => false,
+    }
 }
 
 /// Subtracts from the usage counter without wrapping below zero.
@@ -342,7 +358,7 @@ impl Spool {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or(Duration::ZERO);
-            if meta.is_file() && age >= max_age {
+            if meta.is_file() && age >= max_age && !in_use(&path) {
                 match fs::remove_file(&path) {
                     Ok(()) => {
                         log::info!("spool: removed leftover {}", path.display());
@@ -993,6 +1009,21 @@ pub(super) mod tests {
         let mut inc = spool.begin(e).unwrap();
         inc.write_all(body).unwrap();
         inc.commit().unwrap()
+    }
+
+    #[test]
+    fn clean_tmp_leaves_a_file_still_being_written_however_old() {
+        let t = TempDir::new("tmp-in-use");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        let path = t.0.join("tmp").join("0aaa");
+        let writing = create_new(&path).unwrap();
+        let hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        writing.set_modified(hours_ago).unwrap();
+        assert_eq!(spool.clean_tmp(Duration::from_secs(3600)).unwrap(), 0);
+        assert!(path.exists(), "a sendmail still writing keeps its file");
+        drop(writing);
+        assert_eq!(spool.clean_tmp(Duration::from_secs(3600)).unwrap(), 1);
+        assert!(!path.exists(), "a crash's leftover goes");
     }
 
     #[test]
