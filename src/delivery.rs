@@ -362,6 +362,11 @@ struct Entry {
     /// When the entry was made: a rescan listing older than this must not drop it.
     added: Instant,
     source: Source,
+    /// The state its last attempt left when the spool could not record it (disk full): it
+    /// stands in for the file's header until a rewrite succeeds, so a recipient the
+    /// smarthost accepted is not sent the message again and the backoff goes on. Lost with a
+    /// restart, which then sends to those recipients again (nothing lost, duplicates possible).
+    unsaved: Option<Envelope>,
 }
 
 /// The in-memory queue: by id (ids sort by arrival) and by due time.
@@ -392,6 +397,25 @@ impl Index {
             e.source = source;
             self.by_due.insert((due, id.to_string()));
         }
+    }
+
+    /// keep_unsaved remembers the state `env` of a message whose rewrite failed.
+    fn keep_unsaved(&mut self, env: Envelope) {
+        if let Some(e) = self.by_id.get_mut(&env.id) {
+            e.unsaved = Some(env);
+        }
+    }
+
+    /// saved forgets the unsaved state of `id`: the spool holds it now.
+    fn saved(&mut self, id: &str) {
+        if let Some(e) = self.by_id.get_mut(id) {
+            e.unsaved = None;
+        }
+    }
+
+    /// unsaved is the state of `id` the spool could not record, if any.
+    fn unsaved(&self, id: &str) -> Option<Envelope> {
+        self.by_id.get(id).and_then(|e| e.unsaved.clone())
     }
 
     /// The most overdue message (ties: the oldest).
@@ -632,6 +656,7 @@ impl Runner {
                 arrival: env.arrival,
                 added: now,
                 source: Source::Start,
+                unsaved: None,
             };
             index.insert(&env.id, e);
         }
@@ -905,6 +930,7 @@ impl Shared {
                     arrival,
                     added: Instant::now(),
                     source: Source::Notify,
+                    unsaved: None,
                 };
                 w.index.insert(id, e);
                 w.storm.arrived(arrival, 1);
@@ -1140,6 +1166,7 @@ impl Shared {
                 arrival: env.arrival,
                 added: Instant::now(),
                 source: Source::Rescan,
+                unsaved: None,
             };
             w.index.insert(&env.id, e);
             w.storm.arrived(message::now(), 1);
@@ -1508,7 +1535,7 @@ impl Shared {
     /// one tried, then the usual expiry and bookkeeping.
     fn account_pause(&self, cfg: &Config, id: &str, reason: &str, until: u64, tried: bool) {
         let mut env = match self.spool.read(id) {
-            Ok(env) => env,
+            Ok(env) => self.latest(env),
             Err(e) => {
                 self.unreadable(id, &e);
                 return;
@@ -1524,6 +1551,12 @@ impl Shared {
             remote: None,
         };
         self.settle(cfg, env, outcome);
+    }
+
+    /// latest is the state of message `env.id` to go on from: what its last attempt left when
+    /// the spool could not record it (`Entry::unsaved`), else `env`, read from its file.
+    fn latest(&self, env: Envelope) -> Envelope {
+        self.lock().index.unsaved(&env.id).unwrap_or(env)
     }
 
     /// unreadable handles a message the spool cannot give us.
@@ -1549,10 +1582,12 @@ impl Shared {
     fn deliver(&self, link: &mut Link, job: &Job) {
         let cfg = &job.cfg;
         let id = &job.id;
-        let (mut env, mut reader, size) = match self.spool.open_message(id) {
+        let (env, mut reader, size) = match self.spool.open_message(id) {
             Ok(m) => m,
             Err(e) => return self.unreadable(id, &e),
         };
+        // Recipients the unsaved state marks delivered or failed are not pending: not sent again.
+        let mut env = self.latest(env);
         log::debug!(
             "delivery {id}: attempt {} ({})",
             env.attempts + 1,
@@ -1775,17 +1810,30 @@ impl Shared {
         }
         let mut w;
         if !pending(&env) {
-            match self.spool.delete_delivered(&id) {
+            let removed = self.spool.delete_delivered(&id);
+            w = self.lock();
+            match removed {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
                     log::debug!("delivery {id}: done, removed from the queue");
+                    w.index.remove(&id);
                 }
                 Err(e) => {
-                    // Delivered but not removable: it may go out twice; say so loudly.
-                    log::error!("delivery {id}: cannot remove it from the queue: {e}");
+                    // Delivered but not removable: its file may still say pending (a rewrite
+                    // failed before), so the done state stays in memory and the next attempt,
+                    // with nothing left to send, removes it. A restart meanwhile sends it again.
+                    log::error!(
+                        "delivery {id}: cannot remove it from the queue: {e}; kept in memory; retried with the next attempt"
+                    );
+                    let retry = backoff(
+                        env.attempts.max(1),
+                        cfg.queue.retry_min,
+                        cfg.queue.retry_max,
+                        jitter(),
+                    );
+                    w.index.keep_unsaved(env);
+                    w.index.set_due(&id, now + ms(retry), Source::Retry);
                 }
             }
-            w = self.lock();
-            w.index.remove(&id);
         } else {
             let attempts = env.attempts.max(1);
             let due = outcome
@@ -1822,10 +1870,18 @@ impl Shared {
             let written = self.spool.update(&env);
             w = self.lock();
             match written {
-                Ok(()) => w.index.set_due(&id, due, Source::Retry),
+                Ok(()) => {
+                    w.index.saved(&id);
+                    w.index.set_due(&id, due, Source::Retry);
+                }
                 Err(SpoolError::NotFound(_)) => w.index.remove(&id),
                 Err(e) => {
-                    log::error!("delivery {id}: cannot record the attempt: {e}");
+                    // The file still says pending for recipients the smarthost accepted: the
+                    // next attempt goes on from this state instead, and its settle rewrites it.
+                    log::error!(
+                        "delivery {id}: cannot record the attempt: {e}; kept in memory; retried with the next attempt"
+                    );
+                    w.index.keep_unsaved(env);
                     w.index.set_due(&id, due, Source::Retry);
                 }
             }
@@ -1861,6 +1917,7 @@ impl Shared {
                     arrival,
                     added: Instant::now(),
                     source: Source::Bounce,
+                    unsaved: None,
                 };
                 w.index.insert(&bid, e);
                 w.storm.arrived(arrival, 1);
@@ -1979,6 +2036,7 @@ mod tests {
             arrival: 0,
             added: Instant::now(),
             source: Source::Start,
+            unsaved: None,
         };
         ix.insert("B", e(0));
         ix.insert("A", e(5000));
@@ -2011,6 +2069,7 @@ mod tests {
                 arrival: 0,
                 added: Instant::now(),
                 source: Source::Start,
+                unsaved: None,
             };
             ix.insert(&format!("M{i:03}"), e);
         }

@@ -328,6 +328,23 @@ pub fn try_lock(f: &std::fs::File) -> io::Result<bool> {
     }
 }
 
+/// lock takes an exclusive advisory lock on `f` (flock LOCK_EX), waiting for another open
+/// file description that holds it: two descriptors opened apart conflict even within one
+/// process. The kernel releases it when the file is closed, also when the process dies.
+pub fn lock(f: &std::fs::File) -> io::Result<()> {
+    loop {
+        // SAFETY: the descriptor is open for the lifetime of `f`; flock takes no pointers.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// open_unnamed creates a file without a name in `dir` (O_TMPFILE): nothing
 /// in any folder changes until `link_unnamed` gives it one, and a crash or a
 /// failure before that leaves nothing behind. Filesystems without O_TMPFILE

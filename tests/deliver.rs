@@ -903,3 +903,46 @@ fn reuse_files_no_keeps_no_delivered_file() {
             == 0
     });
 }
+
+#[test]
+fn a_state_the_spool_cannot_record_is_kept_and_no_recipient_gets_two_copies() {
+    // Regression (review D1): with the disk full, the rewrite of a message's state failed and
+    // only a log line said so: every retry sent the message again to the recipients the
+    // smarthost had accepted, and the backoff stayed at retry_min.
+    // The message's final reply waits, so tmp/ is gone before the first attempt settles.
+    let sink = Sink::start(Opts::plain().latency(Duration::from_millis(1500)));
+    sink.rule("RCPT TO:<carol", "451 4.2.0 mailbox busy");
+    let relay = Relay::start(&ini(&sink.addr(), ""));
+    let id = relay.submit(
+        "alice@example.com",
+        &["bob@example.org", "carol@example.net"],
+        &message("full", "x"),
+    );
+    // A rewrite writes its new copy under tmp/: a file in its place makes every rewrite fail,
+    // as a full disk does, and nothing else the relay does here needs tmp/.
+    let tmp = relay.spool().join("tmp");
+    let away = relay.spool().join("tmp-away");
+    std::fs::rename(&tmp, &away).unwrap();
+    std::fs::write(&tmp, "not a folder").unwrap();
+    let not_recorded = format!("delivery {id}: cannot record the attempt");
+    wait_for("three attempts the spool could not record", || {
+        relay.log_text().matches(&not_recorded).count() >= 3
+    });
+    let copies = |rcpt: &str| {
+        sink.txns()
+            .iter()
+            .filter(|t| t.rcpts.iter().any(|r| r == rcpt))
+            .count()
+    };
+    assert_eq!(copies("bob@example.org"), 1, "{:?}", sink.txns());
+    assert_eq!(copies("carol@example.net"), 0);
+    relay.wait_log("kept in memory; retried with the next attempt");
+
+    // Room again, and the 451 clears: carol gets her copy, bob no other, the queue empties.
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::rename(&away, &tmp).unwrap();
+    sink.clear_rules();
+    wait_queue_empty(&relay);
+    assert_eq!(copies("carol@example.net"), 1, "{:?}", sink.txns());
+    assert_eq!(copies("bob@example.org"), 1, "{:?}", sink.txns());
+}

@@ -653,9 +653,15 @@ impl Spool {
 
     /// Atomically replaces the envelope of message `env.id`: a new tmp file with the new envelope and the same
     /// message bytes (streamed), fsync, rename over queue/ID, fsync queue/. NotFound when the message was deleted
-    /// meanwhile: it is not resurrected and nothing is left behind. (A delete landing between the final check
-    /// and the rename cannot be excluded without locks; it would bring the message back, never lose one.)
+    /// meanwhile: it is not resurrected and nothing is left behind. The old file's lock is held from the check
+    /// that it is still queued to the rename, so a `delete` cannot land in between (see `lock_queued`).
     pub fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
+        self.rewrite(env, || {})
+    }
+
+    /// rewrite is `update`, calling `before_rename` between its check that the message is still queued
+    /// and its rename (tests put a racing delete there).
+    fn rewrite(&self, env: &Envelope, before_rename: impl FnOnce()) -> Result<(), SpoolError> {
         let path = self.queue_path(&env.id)?;
         let (old, mut reader, old_size) = self.open_header(&env.id)?;
         let len = old.message_len(old_size)?;
@@ -684,6 +690,9 @@ impl Spool {
                 .map_err(|e| io_err(&e, "cannot stat", &tmp))?
                 .len();
             // Deleted meanwhile (queue delete from another process)? Then the old inode has no link left.
+            // A delete takes this lock before it unlinks: held until the rename, no delete can slip
+            // between the check and the rename and be undone by it.
+            lock(reader.get_ref(), &path);
             let linked = reader
                 .get_ref()
                 .metadata()
@@ -692,9 +701,12 @@ impl Spool {
             if linked == 0 || !path.exists() {
                 return Err(SpoolError::NotFound(env.id.clone()));
             }
+            before_rename();
             fs::rename(&tmp, &path).map_err(|e| io_err(&e, "cannot rename into", &path))?;
             Ok(new_size)
         })();
+        // Unlocks: a waiting delete goes on, finds the old file unlinked and removes the new one.
+        drop(reader);
         match result {
             Ok(new_size) => {
                 if new_size >= old_size {
@@ -727,7 +739,9 @@ impl Spool {
     /// crash of the process does not (the unlink is already in the kernel).
     /// In the relay (`recycle_delivered`) the file may be kept in tmp/ for a new message instead.
     pub fn delete_delivered(&self, id: &str) -> Result<(), SpoolError> {
-        let path = self.queue_path(id)?;
+        // Locked as `delete` does, so no rewrite by another process is between its check and its rename.
+        // The relay's own rewrites of this message are over: its sender settles it one step at a time.
+        let (file, path) = self.lock_queued(id)?;
         match self.spares.keep(&path, id, &self.tmp, &self.queue_sync) {
             Ok(Some(size)) => {
                 usage_sub(&self.usage, size);
@@ -739,7 +753,7 @@ impl Spool {
             }
             Err(e) => log::debug!("spool: cannot keep {} for reuse: {e}", path.display()),
         }
-        self.remove(id)?;
+        self.unlink(id, &file, &path)?;
         self.queue_sync.sync_later();
         Ok(())
     }
@@ -750,9 +764,32 @@ impl Spool {
     }
 
     fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let path = self.queue_path(id)?;
-        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        match fs::remove_file(&path) {
+        let (file, path) = self.lock_queued(id)?;
+        self.unlink(id, &file, &path)
+    }
+
+    /// lock_queued opens queue/ID and takes its lock, the one `update` holds from its check that the
+    /// message is still queued to its rename over it. Once locked, a file that lost its name was replaced by
+    /// such a rename meanwhile: the new copy is locked instead (a few times at most; the relay rewrites a
+    /// message once per attempt). NotFound when the message is gone.
+    fn lock_queued(&self, id: &str) -> Result<(File, PathBuf), SpoolError> {
+        for _ in 0..LOCK_TRIES {
+            let (file, path) = self.open_queued(id)?;
+            lock(&file, &path);
+            if still_named(&file, &path)? {
+                return Ok((file, path));
+            }
+        }
+        Err(SpoolError::Io(format!(
+            "{}: rewritten {LOCK_TRIES} times while being removed; try again",
+            self.queue_path(id)?.display()
+        )))
+    }
+
+    /// unlink removes the locked `file`, queue/ID, from the queue.
+    fn unlink(&self, id: &str, file: &File, path: &Path) -> Result<(), SpoolError> {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(path) {
             Ok(()) => {
                 usage_sub(&self.usage, size);
                 Ok(())
@@ -760,8 +797,36 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(SpoolError::NotFound(id.to_string()))
             }
-            Err(e) => Err(io_err(&e, "cannot delete", &path)),
+            Err(e) => Err(io_err(&e, "cannot delete", path)),
         }
+    }
+}
+
+/// How many times `lock_queued` follows a message to its rewritten copy before giving up.
+const LOCK_TRIES: usize = 8;
+
+/// lock takes the exclusive lock on a queued message's file (see `Spool::lock_queued`). Advisory: a
+/// filesystem without flock gets a debug line and the unlocked order of old (a delete landing in a
+/// rewrite could then be undone by it; never a message lost).
+fn lock(file: &File, path: &Path) {
+    if let Err(e) = sys::lock(file) {
+        log::debug!("spool: cannot lock {}: {e}", path.display());
+    }
+}
+
+/// still_named: `file` is still what `path` names (a rename over the path unlinked it otherwise).
+fn still_named(file: &File, path: &Path) -> Result<bool, SpoolError> {
+    let mine = file
+        .metadata()
+        .map_err(|e| io_err(&e, "cannot stat", path))?;
+    if mine.nlink() == 0 {
+        return Ok(false);
+    }
+    match fs::metadata(path) {
+        Ok(named) => Ok((named.dev(), named.ino()) == (mine.dev(), mine.ino())),
+        // Removed by someone else: the next open says NotFound.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&e, "cannot stat", path)),
     }
 }
 
@@ -1332,6 +1397,47 @@ pub(super) mod tests {
         assert!(files(&t.0.join("tmp")).is_empty());
         assert!(files(&t.0.join("queue")).is_empty());
         assert_eq!(spool.usage(), 0);
+    }
+
+    #[test]
+    fn a_delete_during_a_rewrite_stays_deleted() {
+        // Regression (review D3): a `queue delete` landing between update's check that the message is
+        // still queued and its rename was undone by the rename, and the message was sent after all.
+        let t = TempDir::new("delrace");
+        let spool = Arc::new(Spool::open(&t.0, 0).unwrap());
+        let id = queue_one(&spool, &env(), b"x\r\n");
+        let mut e = spool.read(&id).unwrap();
+        e.attempts = 1;
+        let mut deleter = None;
+        let rewritten = spool.rewrite(&e, || {
+            let (spool, id) = (Arc::clone(&spool), id.clone());
+            deleter = Some(std::thread::spawn(move || spool.delete(&id)));
+            // Time for the delete to land before the rename, were it not held back.
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        assert_eq!(rewritten, Ok(()));
+        assert_eq!(deleter.unwrap().join().unwrap(), Ok(()));
+        assert!(files(&t.0.join("queue")).is_empty());
+        assert!(files(&t.0.join("tmp")).is_empty());
+        assert_eq!(spool.read(&id), Err(SpoolError::NotFound(id.clone())));
+        assert_eq!(spool.usage(), 0);
+    }
+
+    #[test]
+    fn a_rewrite_after_a_delete_waits_for_nothing_and_finds_nothing() {
+        // The lock a delete held is gone with it: a later rewrite is NotFound, not blocked.
+        let t = TempDir::new("delfirst");
+        let spool = Spool::open(&t.0, 0).unwrap();
+        spool.recycle_delivered(true);
+        let a = queue_one(&spool, &env(), b"x\r\n");
+        let b = queue_one(&spool, &env(), b"y\r\n");
+        let (ea, eb) = (spool.read(&a).unwrap(), spool.read(&b).unwrap());
+        spool.delete(&a).unwrap();
+        spool.delete_delivered(&b).unwrap();
+        assert_eq!(spool.update(&ea), Err(SpoolError::NotFound(a.clone())));
+        assert_eq!(spool.update(&eb), Err(SpoolError::NotFound(b.clone())));
+        assert_eq!(spool.delete(&a), Err(SpoolError::NotFound(a.clone())));
+        assert_eq!(files(&t.0.join("tmp")), [format!("spare-{b}")]);
     }
 
     #[test]
