@@ -764,8 +764,15 @@ impl Spool {
     }
 
     fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let (file, path) = self.lock_queued(id)?;
-        self.unlink(id, &file, &path)
+        match self.lock_queued(id) {
+            Ok((file, path)) => self.unlink(id, &file, &path),
+            // Not a message file (a link, a FIFO): nothing rewrites it, its name just goes.
+            Err(SpoolError::Corrupt(_)) => {
+                let path = self.queue_path(id)?;
+                fs::remove_file(&path).map_err(|e| io_err(&e, "cannot delete", &path))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// lock_queued opens queue/ID and takes its lock, the one `update` holds from its check that the
@@ -1132,6 +1139,11 @@ pub(super) mod tests {
         let mut want = vec![link.clone(), fifo];
         want.sort();
         assert_eq!(aside, want);
+        // `queue delete` removes such a name (the link itself, not what it points to).
+        let stray = format!("{}3", &real[..real.len() - 1]);
+        std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&stray)).unwrap();
+        spool.delete(&stray).unwrap();
+        assert!(!t.0.join("queue").join(&stray).exists() && copy.exists());
         // Delivered, a link is never kept to be written through.
         std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&link)).unwrap();
         let kept = spool
@@ -1251,8 +1263,10 @@ pub(super) mod tests {
         let inc = spool.begin(&env()).unwrap(); // in progress: must survive
         let young = inc.id().to_string();
         drop(Spool::open(&t.0, 0).unwrap());
+        assert_eq!(files(&t.0.join("tmp")), vec![young.clone()]);
+        // Being written (locked): not removed, whatever the age asked for.
+        assert_eq!(spool.clean_tmp(Duration::ZERO).unwrap(), 0);
         assert_eq!(files(&t.0.join("tmp")), vec![young]);
-        assert_eq!(spool.clean_tmp(Duration::ZERO).unwrap(), 1);
         drop(inc);
     }
 
