@@ -388,6 +388,12 @@ impl Spool {
         Ok(self.queued_ids()?.into_iter().map(|(id, _)| id).collect())
     }
 
+    /// queue_stamp is queue/'s modification time: it changes with every name added to or removed
+    /// from the folder. None when it cannot be read.
+    pub fn queue_stamp(&self) -> Option<SystemTime> {
+        fs::metadata(&self.queue).and_then(|m| m.modified()).ok()
+    }
+
     /// Ids (file names that are valid ids) and paths in queue/, sorted by id.
     fn queued_ids(&self) -> Result<Vec<(String, PathBuf)>, SpoolError> {
         let entries =
