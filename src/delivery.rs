@@ -674,13 +674,11 @@ impl Handle {
 }
 
 impl Runner {
-    /// Runner::start scans the spool and spawns the delivery and scan threads. In hold mode (no
-    /// smarthost.host) it only keeps track of the queue. A `flush` trigger file left while the
-    /// relay was down makes everything due at once.
-    pub fn start(cfg: Arc<Config>, spool: Arc<Spool>) -> io::Result<Runner> {
-        let envs = spool
-            .scan()
-            .map_err(|e| io::Error::other(format!("queue scan: {e}")))?;
+    /// Runner::start spawns the delivery and scan threads for the queued messages `envs` (the
+    /// spool's scan at start-up, read once: with a large backlog a second scan doubled the
+    /// start-up time). In hold mode (no smarthost.host) it only keeps track of the queue. A
+    /// `flush` trigger file left while the relay was down makes everything due at once.
+    pub fn start(cfg: Arc<Config>, spool: Arc<Spool>, envs: Vec<Envelope>) -> io::Result<Runner> {
         let flush = take_flush_trigger(&spool);
         let mut index = Index::default();
         let now = Instant::now();

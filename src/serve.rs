@@ -261,8 +261,12 @@ fn start(cfg: Config) -> Result<(), String> {
     log::info!("{} message(s) in the queue", queued.len());
     let cfg = Arc::new(cfg);
     let spool = Arc::new(spool);
-    let runner = Runner::start(Arc::clone(&cfg), Arc::clone(&spool))
+    let runner = Runner::start(Arc::clone(&cfg), Arc::clone(&spool), queued)
         .map_err(|e| format!("cannot start delivery: {e}"))?;
+    // The start-up scan's envelopes are freed now; glibc keeps freed memory for later unless
+    // told (musl, the static builds' libc, returns it by itself). With 50,000 queued messages
+    // this is 74 MB resident against 47 (BENCHMARKS.md, "A large backlog").
+    sys::release_free_memory();
     let delivery = runner.handle();
     let shared = Arc::new(Shared::new(
         Arc::clone(&cfg),

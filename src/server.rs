@@ -1432,10 +1432,13 @@ fn receive_data(
             return Err(ReadEnd::TooBig);
         }
         let read = match pace.timeout(received) {
-            Some(t) => conn.fill(t).map_err(|end| match end {
-                ReadEnd::Timeout if pace.timeout(received).is_none() => ReadEnd::TooSlow,
-                end => end,
-            }),
+            Some(t) => match conn.fill(t) {
+                // The wait is the pace's time left; a socket timeout that fires a tick early
+                // leaves a little of it: wait that out, the rule decides (not "Timeout").
+                Err(ReadEnd::Timeout) if pace.timeout(received).is_some() => continue,
+                Err(ReadEnd::Timeout) => Err(ReadEnd::TooSlow),
+                other => other,
+            },
             None => Err(ReadEnd::TooSlow),
         };
         if let Err(end) = read {

@@ -183,6 +183,16 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     Ok((r.rlim_cur as u64, r.rlim_max as u64))
 }
 
+/// release_free_memory hands freed heap memory back to the system where the C library keeps
+/// it (glibc); elsewhere it does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// pid_alive tells whether a process with this id exists (signal 0 probe).
 pub fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
