@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bounce::{self, Disposition, Failure};
 use crate::client::{BearerSource, ClientError, Connection, RcptOutcome, Settings, Stage};
+use crate::clockstep::ClockWatch;
 use crate::config::{Config, SmarthostAuth};
 use crate::message;
 use crate::oauth::Tokens;
@@ -503,6 +504,8 @@ struct Work {
     storm: Storm,
     /// Since when a daily quota has paused the queue, and whether that was reported after a day.
     quota_since: Option<(u64, bool)>,
+    /// Forward steps of the wall clock: a message's age does not include them.
+    clock: ClockWatch,
 }
 
 impl Work {
@@ -520,6 +523,7 @@ impl Work {
             paced: false,
             storm: Storm::default(),
             quota_since: None,
+            clock: ClockWatch::default(),
         }
     }
 
@@ -1020,6 +1024,7 @@ impl Shared {
                 }
             }
             self.sync_removals();
+            self.watch_clock();
             if take_flush_trigger(&self.spool) {
                 log::info!("delivery: queue flush requested");
                 self.flush(Source::Flush);
@@ -1029,6 +1034,18 @@ impl Shared {
             }
             self.keep_alive_tick();
             self.storm_tick(&mut last_save);
+        }
+    }
+
+    /// watch_clock looks for a forward step of the wall clock (NTP on a board without a
+    /// real-time clock) and says so once; messages queued before it age from after it.
+    fn watch_clock(&self) {
+        let step = self.lock().clock.observe(now_ms(), Instant::now());
+        if let Some(s) = step {
+            log::warn!(
+                "delivery: the clock was set forward by {}; messages queued before count their age from now on",
+                human(s.by_ms / 1000)
+            );
         }
     }
 
@@ -1482,6 +1499,7 @@ impl Shared {
                 *id != &job.id
                     && !w.busy.contains(*id)
                     && e.arrival
+                        .saturating_add(w.clock.shift_s(e.arrival))
                         .saturating_add(cfg.queue.lifetime.as_secs())
                         .saturating_mul(1000)
                         <= now
@@ -1810,6 +1828,10 @@ impl Shared {
     fn settle(&self, cfg: &Config, mut env: Envelope, mut outcome: Outcome) {
         let id = env.id.clone();
         let now = now_ms();
+        // Arrived before a step of the clock: the age counts from after it, and the file keeps
+        // that (the steps are known to this run only).
+        let shift = self.lock().clock.shift_s(env.arrival);
+        env.arrival = env.arrival.saturating_add(shift);
         let expires = env
             .arrival
             .saturating_add(cfg.queue.lifetime.as_secs())

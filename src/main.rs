@@ -3,6 +3,7 @@
 mod base64;
 mod bounce;
 mod client;
+mod clockstep;
 mod config;
 mod crypt;
 mod delivery;
