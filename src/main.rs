@@ -24,6 +24,7 @@ mod server;
 mod session;
 mod slots;
 mod smtp;
+mod smtp_stdio;
 mod spool;
 mod status;
 mod storm;
@@ -57,7 +58,8 @@ commands:
                            access token now (exit 0 yes, 1 no)
   sendmail [OPTIONS] [RCPT...]
                            queue a message read from stdin (sendmail-compatible; also
-                           through links named sendmail, mailq, mail and mailx)
+                           through links named sendmail, mailq, mail and mailx);
+                           -bs: an SMTP session on stdin/stdout
   --version, --help
 
 options:

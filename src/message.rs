@@ -114,6 +114,9 @@ pub struct LocalTrace<'a> {
     pub user: &'a str,
     /// Our host name.
     pub hostname: &'a str,
+    /// The WITH value: "local" for a message on stdin, "local-esmtp" or "local-smtp"
+    /// for an SMTP session on stdin (`sendmail -bs`), the words Exim uses.
+    pub protocol: &'a str,
     /// The queue id.
     pub id: &'a str,
     /// The recipient, named only when there is exactly one (privacy of Bcc lists).
@@ -123,13 +126,14 @@ pub struct LocalTrace<'a> {
 }
 
 /// local_received_header formats the Received: field of a locally submitted
-/// message like SMTP's, with client "localhost" and protocol "local" (the word
-/// Exim uses for the same hop), folded, ending in CRLF.
+/// message like SMTP's, with client "localhost" and the protocol of `t` (Exim's
+/// words for the same hop), folded, ending in CRLF.
 pub fn local_received_header(t: &LocalTrace) -> String {
     let mut h = format!(
-        "Received: from localhost (user {})\r\n\tby {} (picorelay) with local id {}",
+        "Received: from localhost (user {})\r\n\tby {} (picorelay) with {} id {}",
         clean(t.user),
         clean(t.hostname),
+        t.protocol,
         t.id
     );
     if let Some(r) = t.recipient {
@@ -747,6 +751,7 @@ mod tests {
         let h = local_received_header(&LocalTrace {
             user: "root",
             hostname: "relay.test",
+            protocol: "local",
             id: "ABC",
             recipient: Some("admin@x.org"),
             time: 0,

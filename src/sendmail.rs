@@ -17,6 +17,7 @@ use crate::delivery;
 use crate::message::{self, Defaults, Field, Header, LocalTrace, MAX_RECEIVED};
 use crate::queue_cmd;
 use crate::smtp::address::{parse_path, AddressError};
+use crate::smtp_stdio;
 use crate::spool::{Envelope, Incoming, Spool, SpoolError};
 use crate::sys;
 
@@ -24,6 +25,8 @@ use crate::sys;
 pub const EX_USAGE: u8 = 64;
 /// EX_DATAERR: the message itself is unusable (too big, header too long, bad header address).
 pub const EX_DATAERR: u8 = 65;
+/// EX_IOERR: `-bs` could not write its replies to standard output.
+pub const EX_IOERR: u8 = 74;
 /// EX_TEMPFAIL: try again later (spool full, disk full, spool not writable, stdin unreadable).
 pub const EX_TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the config file is missing or invalid.
@@ -108,6 +111,8 @@ pub enum Mode {
     Flush,
     /// -bi / -I (newaliases): nothing to rebuild, aliases live in the config.
     NewAliases,
+    /// -bs: an SMTP session on stdin/stdout (Symfony Mailer, Laravel, Nextcloud).
+    Smtp,
 }
 
 /// The parsed command line of any personality.
@@ -255,9 +260,10 @@ pub fn parse_sendmail_args(prog: &str, args: &[&str]) -> Result<Options, Sendmai
                     "m" => Mode::Submit,
                     "p" => Mode::ListQueue,
                     "i" => Mode::NewAliases,
+                    "s" => Mode::Smtp,
                     other => {
                         return Err(SendmailError::Usage(format!(
-                            "{prog}: -b{} is not supported: picorelay queues a message read from stdin (-bm), lists the queue (-bp) or takes SMTP on its listeners",
+                            "{prog}: -b{} is not supported: picorelay queues a message read from stdin (-bm), lists the queue (-bp), speaks SMTP on stdin/stdout (-bs) or on its listeners",
                             other.escape_debug()
                         )))
                     }
@@ -414,6 +420,15 @@ fn execute(prog: &str, default_config: &Path, o: &Options) -> Result<u8, Sendmai
             }
             Ok(0)
         }
+        // The envelope comes from MAIL and RCPT: -f, -t, -i and recipients on the
+        // command line are ignored, as sendmail does with -bs.
+        Mode::Smtp => Ok(smtp_stdio::serve(
+            &format!("{prog} -bs"),
+            &cfg,
+            &invoking_user(),
+            io::stdin().lock(),
+            io::stdout().lock(),
+        )),
         Mode::Submit => {
             let stdin = io::stdin();
             let mut input = stdin.lock();
@@ -543,6 +558,7 @@ pub fn submit(
     let received = message::local_received_header(&LocalTrace {
         user: &user,
         hostname: host,
+        protocol: "local",
         id: &id,
         recipient: (recipients.len() == 1).then(|| recipients[0].as_str()),
         time: env.arrival,
@@ -1065,6 +1081,15 @@ mod tests {
             (&["-q"], opts(|o| o.mode = Mode::Flush)),
             (&["-q30m"], opts(|o| o.mode = Mode::Flush)),
             (&["-bi"], opts(|o| o.mode = Mode::NewAliases)),
+            // Symfony Mailer's default, and Laravel's.
+            (&["-bs"], opts(|o| o.mode = Mode::Smtp)),
+            (
+                &["-bs", "-i"],
+                opts(|o| {
+                    o.mode = Mode::Smtp;
+                    o.ignore_dots = true;
+                }),
+            ),
             (
                 &[
                     "-v", "-d0.1", "-Am", "-N", "never", "-R", "hdrs", "-V", "x", "-X", "/tmp/log",
@@ -1094,8 +1119,8 @@ mod tests {
     #[test]
     fn bad_command_lines_are_usage_errors() {
         let cases: &[&[&str]] = &[
-            &["-bs"],
             &["-bd"],
+            &["-bv"],
             &["-bt"],
             &["-z"],
             &["-f"],

@@ -460,8 +460,8 @@ fn line_breaks_in_values_are_refused() {
 #[test]
 fn usage_and_data_errors() {
     let s = Setup::new("[server]\nmax_message_size = 64K\n");
-    fails(&s.sendmail(&["-bs"], b""), 64);
     fails(&s.sendmail(&["-bd"], b""), 64);
+    fails(&s.sendmail(&["-bv", "root"], b""), 64);
     fails(&s.sendmail(&["-z", "root"], b""), 64);
     fails(&s.sendmail(&[], b"Subject: nobody\n\nx\n"), 64);
     fails(&s.sendmail(&["bad address@example.com"], b"x\n"), 64);
@@ -623,4 +623,271 @@ fn submitting_does_not_read_the_smarthost_password_file() {
     let check = picorelay(&s.config, &["check"]);
     assert_eq!(check.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&check.stdout).contains("[smarthost] password_file"));
+}
+
+/// Bs is `sendmail -bs` driven one command at a time, as Symfony Mailer's
+/// SendmailTransport does: each reply must arrive before the next command is sent
+/// (a reply left in a buffer would hang the client; here it fails after 10 s).
+struct Bs {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Bs {
+    fn start(program: &Path, args: &[&str], config_env: Option<&Path>) -> Bs {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_remove("PICORELAY_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(c) = config_env {
+            cmd.env("PICORELAY_CONFIG", c);
+        }
+        let mut child = cmd.spawn().expect("start picorelay");
+        let input = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut out = std::io::BufReader::new(out);
+            let mut line = Vec::new();
+            // Lines as sent, CRLF kept (lines() would strip it).
+            while out.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                if tx.send(text).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        Bs {
+            child,
+            input,
+            lines,
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        let input = self.input.as_mut().unwrap();
+        input.write_all(text.as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+
+    /// reply reads one reply, every line of it, CRLF-terminated.
+    fn reply(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("no reply ({e}) after {lines:?}"));
+            let last = line.as_bytes().get(3) == Some(&b' ');
+            assert!(line.ends_with("\r\n"), "CRLF: {line:?}");
+            lines.push(line.trim_end().to_string());
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// cmd sends a line and asserts the code of the reply's last line.
+    fn cmd(&mut self, line: &str, code: &str) -> Vec<String> {
+        self.send(&format!("{line}\r\n"));
+        let r = self.reply();
+        assert!(r.last().unwrap().starts_with(code), "{line}: {r:?}");
+        r
+    }
+
+    fn wait(mut self) -> Output {
+        drop(self.input.take());
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+impl Setup {
+    /// bs starts `picorelay -c CONFIG sendmail -bs`.
+    fn bs(&self) -> Bs {
+        let config = self.config.to_str().unwrap();
+        Bs::start(Path::new(bin()), &["-c", config, "sendmail", "-bs"], None)
+    }
+}
+
+/// Symfony Mailer's SendmailTransport (its default command is `sendmail -bs`), one
+/// command and its reply at a time; the message has a stuffed leading dot and a
+/// line ended by a bare LF.
+#[test]
+fn bs_symfony_exchange() {
+    let s = Setup::new("");
+    let mut c = s.bs();
+    let greeting = c.reply();
+    assert!(greeting[0].starts_with("220 relay.test "), "{greeting:?}");
+    let ehlo = c.cmd("EHLO [127.0.0.1]", "250 ");
+    assert!(ehlo.len() > 1 && ehlo[0].starts_with("250-"), "{ehlo:?}");
+    assert!(ehlo.iter().any(|l| l.contains("PIPELINING")), "{ehlo:?}");
+    assert!(
+        !ehlo
+            .iter()
+            .any(|l| l.contains("STARTTLS") || l.contains("AUTH")),
+        "no STARTTLS or AUTH on a pipe: {ehlo:?}"
+    );
+    c.cmd("MAIL FROM:<app@example.com>", "250 ");
+    c.cmd("RCPT TO:<a@example.org>", "250 ");
+    c.cmd("RCPT TO:<b@example.org>", "250 ");
+    c.cmd("DATA", "354 ");
+    c.send(
+        "From: App <app@example.com>\r\nSubject: Symfony\r\n\r\n..leading dot\r\nbare LF\nend\r\n",
+    );
+    let queued = c.cmd(".", "250 ");
+    c.cmd("QUIT", "221 ");
+    ok(&c.wait());
+
+    let (env, msg) = s.only();
+    let id = env_value(&env, "id");
+    assert!(queued[0].ends_with(&id), "{queued:?} {id}");
+    assert_eq!(env_value(&env, "sender"), "app@example.com", "{env}");
+    assert_eq!(rcpts(&env), ["a@example.org", "b@example.org"], "{env}");
+    assert_eq!(env_value(&env, "client"), "local", "{env}");
+    assert_eq!(env_value(&env, "helo"), "[127.0.0.1]", "{env}");
+    assert!(!env_value(&env, "auth-user").is_empty(), "{env}");
+    assert!(
+        msg.starts_with("Received: from localhost (user ")
+            && msg.contains(&format!("(picorelay) with local-esmtp id {id}")),
+        "{msg}"
+    );
+    assert_eq!(body(&msg), ".leading dot\r\nbare LF\r\nend\r\n", "{msg:?}");
+}
+
+/// Several messages in one session (pipelined, as one write), RSET between them; a
+/// refused command does not change the exit status; the end of input after a
+/// complete message ends the session like QUIT. Through the sendmail link, with
+/// Laravel's `-bs -i`.
+#[test]
+fn bs_two_messages_rset_and_end_of_input() {
+    let s = Setup::new("");
+    let script = "HELO app.local\r\n\
+        MAIL FROM:<one@example.com>\r\nRCPT TO:<x@example.org>\r\nDATA\r\nSubject: 1\r\n\r\nfirst\r\n.\r\n\
+        MAIL FROM:<dropped@example.com>\r\nRCPT TO:<dropped@example.org>\r\nRSET\r\n\
+        BOGUS\r\n\
+        MAIL FROM:<>\r\nRCPT TO:<y@example.org>\r\nRCPT TO:<root>\r\nDATA\r\nSubject: 2\r\n\r\nsecond\r\n.\r\n";
+    let out = s.link("sendmail", &["-bs", "-i"], script.as_bytes());
+    ok(&out);
+    let replies = String::from_utf8(out.stdout).unwrap();
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..4]).collect();
+    assert_eq!(
+        codes,
+        [
+            "220 ", "250 ", "250 ", "250 ", "354 ", "250 ", "250 ", "250 ", "250 ", "500 ", "250 ",
+            "250 ", "501 ", "354 ", "250 "
+        ],
+        "{replies}"
+    );
+    let ids = s.ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let msgs: Vec<(String, String)> = ids.iter().map(|id| show(&s.config, id)).collect();
+    let first = msgs.iter().find(|(_, m)| m.contains("first")).unwrap();
+    let second = msgs.iter().find(|(_, m)| m.contains("second")).unwrap();
+    assert_eq!(env_value(&first.0, "sender"), "one@example.com");
+    assert_eq!(rcpts(&first.0), ["x@example.org"]);
+    assert!(first.1.contains("with local-smtp id"), "{}", first.1);
+    assert_eq!(env_value(&second.0, "sender"), "");
+    assert_eq!(rcpts(&second.0), ["y@example.org"]);
+    assert!(!replies.contains("dropped"));
+}
+
+/// The input ending inside DATA queues nothing: exit 75 (EX_TEMPFAIL), one line on stderr.
+#[test]
+fn bs_end_of_input_inside_data_queues_nothing() {
+    let s = Setup::new("");
+    let script = b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: cut\r\n\r\nhalf a mess";
+    let out = s.sendmail(&["-bs"], script);
+    let err = fails(&out, 75);
+    assert!(err.contains("inside DATA"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("354 "));
+    assert!(s.ids().is_empty());
+    assert_eq!(
+        std::fs::read_dir(s.spool().join("tmp")).unwrap().count(),
+        0,
+        "no leftovers"
+    );
+}
+
+/// Limits are the listener's: SIZE, max_recipients; a full spool is 452 at DATA.
+#[test]
+fn bs_limits() {
+    let s = Setup::new("[server]\nmax_message_size = 64K\nmax_recipients = 1\n");
+    let big = "y".repeat(70 * 1024);
+    let script = format!(
+        "EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n{big}\r\n.\r\nQUIT\r\n"
+    );
+    let out = s.sendmail(&["-bs"], script.as_bytes());
+    ok(&out);
+    let replies = String::from_utf8(out.stdout).unwrap();
+    assert!(replies.contains("250-SIZE 65536\r\n"), "{replies}");
+    assert!(replies.contains("\r\n452 4.5.3"), "{replies}");
+    assert!(replies.contains("\r\n552 "), "{replies}");
+    assert!(
+        replies.ends_with("\r\n221 2.0.0 relay.test closing connection\r\n"),
+        "{replies}"
+    );
+    assert!(s.ids().is_empty());
+
+    let s = Setup::new("[server]\nmax_message_size = 2M\n[queue]\nmax_size = 1M\n");
+    let big = format!("Subject: big\n\n{}\n", "z".repeat(1100 * 1024));
+    ok(&s.sendmail(&["root"], big.as_bytes()));
+    let script =
+        "HELO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], script.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(replies.contains("\r\n452 4.3.1 "), "{replies}");
+    assert!(!replies.contains("354"), "{replies}");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spool full"));
+    assert_eq!(s.ids().len(), 1);
+}
+
+/// Python's smtplib over a socket pair as the child's stdin and stdout.
+#[test]
+fn bs_python_smtplib() {
+    let have = Command::new("python3")
+        .args(["-c", "import smtplib, socket, subprocess"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        println!("note: python3 is not installed: skipping this test");
+        return;
+    }
+    let s = Setup::new("");
+    let script = r#"
+import smtplib, socket, subprocess, sys
+prog, cfg = sys.argv[1:3]
+a, b = socket.socketpair()
+p = subprocess.Popen([prog, "-c", cfg, "sendmail", "-bs"], stdin=b, stdout=b)
+b.close()
+s = smtplib.SMTP()
+s.sock = a
+code, msg = s.getreply()
+assert code == 220, (code, msg)
+s.ehlo("py.test")
+s.sendmail("py@example.com", ["x@example.org", "y@example.org"], "Subject: py\r\n\r\n.leading dot\r\nbody\r\n")
+s.sendmail("py@example.com", ["z@example.org"], "Subject: py2\r\n\r\nsecond\r\n")
+code, _ = s.quit()
+assert code == 221, code
+sys.exit(p.wait())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, bin(), s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&out);
+    let ids = s.ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let msgs: Vec<(String, String)> = ids.iter().map(|id| show(&s.config, id)).collect();
+    let first = msgs
+        .iter()
+        .find(|(_, m)| m.contains("Subject: py\r\n"))
+        .unwrap();
+    assert_eq!(rcpts(&first.0), ["x@example.org", "y@example.org"]);
+    assert_eq!(body(&first.1), ".leading dot\r\nbody\r\n");
 }
