@@ -74,24 +74,48 @@ pub struct Listener {
     pub implicit_tls: bool,
 }
 
-/// bind opens every configured listener; a failure names the address.
+/// bind opens every configured listener; a failure names the address. An IPv6 address on a
+/// host with IPv6 turned off (`ipv6.disable=1`, `disable_ipv6` on lo: the default listen has
+/// `[::1]:25`) is skipped with a warning while another listener is up: refusing to start would
+/// leave every device and `sendmail` message without a relay over a protocol nobody can use.
 pub fn bind(cfg: &Config) -> Result<Vec<Listener>, String> {
     let plain = cfg.server.listen.iter().map(|a| (a, false));
     let tls = cfg.server.listen_tls.iter().map(|a| (a, true));
-    plain
-        .chain(tls)
-        .map(|(addr, implicit_tls)| {
-            let socket =
-                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            if let Err(e) = sys::set_backlog(&socket, LISTEN_BACKLOG) {
-                log::debug!("{addr}: cannot raise the listen backlog: {e}");
+    let mut listeners = Vec::new();
+    let mut skipped = Vec::new();
+    for (addr, implicit_tls) in plain.chain(tls) {
+        let socket = match TcpListener::bind(addr) {
+            Ok(s) => s,
+            Err(e) if ipv6_unavailable(addr, &e) => {
+                skipped.push(format!("cannot listen on {addr}: {e}"));
+                continue;
             }
-            Ok(Listener {
-                socket,
-                implicit_tls,
-            })
-        })
-        .collect()
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        };
+        if let Err(e) = sys::set_backlog(&socket, LISTEN_BACKLOG) {
+            log::debug!("{addr}: cannot raise the listen backlog: {e}");
+        }
+        listeners.push(Listener {
+            socket,
+            implicit_tls,
+        });
+    }
+    if listeners.is_empty() && !skipped.is_empty() {
+        return Err(skipped.remove(0));
+    }
+    for why in skipped {
+        log::warn!("{why}: IPv6 is off on this host; the address is skipped (remove it from [server] listen or listen_tls)");
+    }
+    Ok(listeners)
+}
+
+/// ipv6_unavailable: binding IPv6 `addr` failed because this host has no IPv6 (the family
+/// is missing, or its loopback address ::1 is), not because the address is taken or is
+/// another host's (those stop start-up as before).
+fn ipv6_unavailable(addr: &SocketAddr, e: &io::Error) -> bool {
+    addr.is_ipv6()
+        && (e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+            || (e.kind() == io::ErrorKind::AddrNotAvailable && addr.ip().is_loopback()))
 }
 
 /// Users verifies AUTH credentials against `[users]` (SHA-crypt hashes).
@@ -1545,6 +1569,28 @@ fn write_spool(
             shared.note_accept_error(format!("writing a message to the spool failed: {e}"));
             *incoming = None;
             true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_host_without_ipv6_skips_an_ipv6_listener() {
+        let e = |raw: i32| io::Error::from_raw_os_error(raw);
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let cases = [
+            ("[::1]:25", libc::EADDRNOTAVAIL, true), // lo without ::1 (disable_ipv6)
+            ("[::1]:25", libc::EAFNOSUPPORT, true),  // ipv6.disable=1
+            ("[::]:25", libc::EAFNOSUPPORT, true),
+            ("[2001:db8::5]:25", libc::EADDRNOTAVAIL, false), // a LAN address not up: stop
+            ("[::1]:25", libc::EADDRINUSE, false),            // taken: stop
+            ("127.0.0.1:25", libc::EADDRNOTAVAIL, false),
+        ];
+        for (addr, raw, skip) in cases {
+            assert_eq!(ipv6_unavailable(&a(addr), &e(raw)), skip, "{addr} {raw}");
         }
     }
 }

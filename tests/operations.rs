@@ -726,7 +726,7 @@ fn make_install_sendmail_and_uninstall() {
     assert!(sysusers.contains("u picorelay "), "{sysusers}");
     let tmpfiles = std::fs::read_to_string(at("/usr/lib/tmpfiles.d/picorelay.conf")).unwrap();
     assert!(
-        tmpfiles.contains("d /var/spool/picorelay 0750 picorelay picorelay"),
+        tmpfiles.contains("d /var/spool/picorelay :0750 :picorelay :picorelay"),
         "{tmpfiles}"
     );
 
