@@ -10,7 +10,7 @@ use common::certs::{certs, passwd};
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -98,29 +98,6 @@ fn show(relay: &Relay, id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// client_config trusts the test CA only.
-fn client_config() -> Arc<ClientConfig> {
-    static CFG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    Arc::clone(CFG.get_or_init(|| {
-        let roots = client_config_roots();
-        let cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Arc::new(cfg)
-    }))
-}
-
-fn client_config_roots() -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&certs().ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    roots
-}
-
 /// The DER of the first certificate in a PEM file.
 fn cert_der(path: &Path) -> Vec<u8> {
     CertificateDer::from_pem_file(path).unwrap().to_vec()
@@ -136,7 +113,7 @@ struct Tls {
 impl Tls {
     /// handshake runs the whole TLS handshake on a connected socket.
     fn handshake(tcp: TcpStream) -> Tls {
-        Tls::handshake_with(tcp, client_config())
+        Tls::handshake_with(tcp, common::tls::config())
     }
 
     fn handshake_with(mut tcp: TcpStream, cfg: Arc<ClientConfig>) -> Tls {
@@ -544,7 +521,7 @@ fn tls12_clients_are_served_and_named_in_received() {
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS12])
             .unwrap()
-            .with_root_certificates(client_config_roots())
+            .with_root_certificates(common::tls::test_ca_roots())
             .with_no_client_auth();
     let mut t = Tls::handshake_with(connect_bound("127.0.0.2", relay.addrs[1]), Arc::new(cfg));
     assert_eq!(t.version(), Some(rustls::ProtocolVersion::TLSv1_2));

@@ -743,6 +743,29 @@ pub fn post_form(
     read_response(&mut EofIsEnd(&mut stream), cap)
 }
 
+/// read_test_request reads one request from a test server's stream: its head (up to and
+/// including the blank line) and the body its Content-Length announces; None when the stream
+/// ends before the head does. For the scripted servers of the tests here and in token.rs.
+#[cfg(test)]
+pub(crate) fn read_test_request(s: &mut impl Read) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let len: usize = String::from_utf8_lossy(&head)
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1261,24 +1284,13 @@ mod tests {
                 tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let conn = rustls::ServerConnection::new(cfg).unwrap();
                 let mut s = StreamOwned::new(conn, tcp);
-                let mut req = Vec::new();
-                let mut byte = [0u8; 1];
-                // Head, then the announced body.
-                while !req.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).unwrap_or(0) == 0 {
-                        return req;
+                let req = match read_test_request(&mut s) {
+                    Some((mut head, body)) => {
+                        head.extend_from_slice(&body);
+                        head
                     }
-                    req.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&req).into_owned();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Content-Length: "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                s.read_exact(&mut body).unwrap();
-                req.extend_from_slice(&body);
+                    None => return Vec::new(),
+                };
                 match answer {
                     Answer::Bytes(b, notify) => {
                         s.write_all(b).unwrap();

@@ -798,7 +798,7 @@ mod tests {
     /// request with what the next step returns for its form (the step may change the disk
     /// first, while the relay waits for the answer: between its read and its save).
     mod idp {
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::net::TcpListener;
         use std::path::{Path, PathBuf};
         use std::sync::OnceLock;
@@ -827,20 +827,8 @@ mod tests {
                     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                     let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
                     let mut s = rustls::StreamOwned::new(conn, tcp);
-                    let mut req = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !req.ends_with(b"\r\n\r\n") {
-                        assert_eq!(s.read(&mut byte).unwrap(), 1, "request cut short");
-                        req.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&req).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    s.read_exact(&mut body).unwrap();
+                    let (_, body) =
+                        crate::oauth::http::read_test_request(&mut s).expect("request cut short");
                     let json = step(&String::from_utf8(body).unwrap());
                     write!(
                         s,

@@ -12,14 +12,20 @@ use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// test_ca_roots is a root store holding the test CA only.
+pub fn test_ca_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&certs().ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
 /// config trusts the test CA only.
-fn config() -> Arc<ClientConfig> {
+pub fn config() -> Arc<ClientConfig> {
     static CFG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     Arc::clone(CFG.get_or_init(|| {
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&certs().ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
+        let roots = test_ca_roots();
         let cfg =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
