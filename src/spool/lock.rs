@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::sys;
@@ -36,13 +36,16 @@ pub fn claim(dir: &Path) -> io::Result<Option<ServeLock>> {
     };
     let file = match read_only() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            OpenOptions::new()
+            // Empty and readable by all: a relay started as root once leaves it root's, and a
+            // later start as the service user (systemd's User=) must still open and lock it.
+            let created = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o640)
+                .mode(0o644)
                 .custom_flags(flags)
                 .open(&path)?;
+            created.set_permissions(std::fs::Permissions::from_mode(0o644))?;
             read_only()?
         }
         other => other?,
@@ -62,6 +65,15 @@ mod tests {
         assert!(claim(&dir).unwrap().is_none(), "a second relay is refused");
         drop(first);
         assert!(claim(&dir).unwrap().is_some(), "free again");
+        let mode = std::fs::metadata(dir.join(NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "openable by the service user after a run as root"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
