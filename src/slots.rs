@@ -21,7 +21,7 @@ pub struct Slot {
 pub fn try_take(dir: &Path, max: usize) -> Result<Option<Slot>, String> {
     for n in 0..max.max(1) {
         let path = dir.join(format!(".smarthost-slot.{n}"));
-        let file = open_slot(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = open_slot(dir, &path).map_err(|e| format!("{}: {e}", path.display()))?;
         if crate::sys::try_lock(&file).map_err(|e| format!("{}: {e}", path.display()))? {
             return Ok(Some(Slot { _file: file, n }));
         }
@@ -29,22 +29,20 @@ pub fn try_take(dir: &Path, max: usize) -> Result<Option<Slot>, String> {
     Ok(None)
 }
 
-/// open_slot opens a slot file read-only (enough for flock), creating it when missing. A slot
-/// file is empty and readable by everyone: `picorelay probe` run as root creates one the relay,
-/// running as its own user, must still be able to open and lock, or it would go on without
-/// slots and open more connections than `max_connections`.
-fn open_slot(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::PermissionsExt;
+/// open_slot opens a slot file read-only (enough for flock), creating it when missing, owned
+/// like the spool: `picorelay probe` run as root creates one the relay, running as its own
+/// user, must still be able to open and lock, or it would go on without slots and open more
+/// connections than `max_connections`.
+fn open_slot(dir: &Path, path: &Path) -> std::io::Result<File> {
     match File::open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let created = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o644)
+                .mode(0o640)
                 .open(path)?;
-            // Whatever the umask took away.
-            created.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            crate::sys::give_like_folder(&created, dir);
             File::open(path)
         }
         other => other,
@@ -66,13 +64,17 @@ mod tests {
         drop(a);
         assert_eq!(try_take(&dir, 2).unwrap().unwrap().n, 0);
         assert!(try_take(&dir.join("missing"), 2).is_err());
-        // Another user's process (probe run as root) can open and lock them too.
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(".smarthost-slot.0"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644);
+        // Owned like the spool folder, whoever made them (probe run as root; the tests run as
+        // root).
+        if crate::sys::is_root() {
+            use std::os::unix::fs::{chown, MetadataExt};
+            let other = dir.join("other");
+            std::fs::create_dir_all(&other).unwrap();
+            chown(&other, Some(65534), Some(65534)).unwrap();
+            let _held = try_take(&other, 1).unwrap().unwrap();
+            let m = std::fs::metadata(other.join(".smarthost-slot.0")).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -183,6 +183,22 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     Ok((r.rlim_cur as u64, r.rlim_max as u64))
 }
 
+/// give_like_folder gives a file the owner and group of the folder it is in, when they differ
+/// and this process may (root); else at least the group. Best effort. Why: a file root makes
+/// in the spool (a relay started as root once, `probe` run as root) must still be opened by
+/// the service user, who owns the spool, without being readable by everybody.
+pub fn give_like_folder(file: &std::fs::File, dir: &std::path::Path) {
+    use std::os::unix::fs::{fchown, MetadataExt};
+    let (Ok(owner), Ok(mine)) = (std::fs::metadata(dir), file.metadata()) else {
+        return;
+    };
+    if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid())
+        && fchown(file, Some(owner.uid()), Some(owner.gid())).is_err()
+    {
+        let _ = fchown(file, None, Some(owner.gid()));
+    }
+}
+
 /// release_free_memory hands freed heap memory back to the system where the C library keeps
 /// it (glibc); elsewhere it does nothing.
 pub fn release_free_memory() {

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::sys;
@@ -36,16 +36,16 @@ pub fn claim(dir: &Path) -> io::Result<Option<ServeLock>> {
     };
     let file = match read_only() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Empty and readable by all: a relay started as root once leaves it root's, and a
-            // later start as the service user (systemd's User=) must still open and lock it.
+            // The spool owner's: a relay started as root once must not leave a file that a
+            // later start as the service user (systemd's User=) cannot open and lock.
             let created = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o644)
+                .mode(0o640)
                 .custom_flags(flags)
                 .open(&path)?;
-            created.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            sys::give_like_folder(&created, dir);
             read_only()?
         }
         other => other?,
@@ -65,15 +65,16 @@ mod tests {
         assert!(claim(&dir).unwrap().is_none(), "a second relay is refused");
         drop(first);
         assert!(claim(&dir).unwrap().is_some(), "free again");
-        let mode = std::fs::metadata(dir.join(NAME))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(
-            mode & 0o777,
-            0o644,
-            "openable by the service user after a run as root"
-        );
+        // Made by root (the tests run as root) in a folder of another user: that user's.
+        if crate::sys::is_root() {
+            use std::os::unix::fs::{chown, MetadataExt};
+            let other = dir.join("other");
+            std::fs::create_dir_all(&other).unwrap();
+            chown(&other, Some(65534), Some(65534)).unwrap();
+            let _held = claim(&other).unwrap().unwrap();
+            let m = std::fs::metadata(other.join(NAME)).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
