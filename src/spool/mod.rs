@@ -1110,12 +1110,13 @@ pub(super) mod tests {
         let spool = Spool::open(&t.0, 0).unwrap();
         spool.recycle_delivered(true);
         let real = queue_one(&spool, &env(), b"Subject: real\r\n\r\nx\r\n");
-        // A link to a copy of a message, and a FIFO, under id-like names.
+        // A link to a copy of a message, and a FIFO, under id-like names (ids are hex: an x, y or
+        // z at the end never names the real one).
         let copy = t.0.join("copy");
         fs::copy(t.0.join("queue").join(&real), &copy).unwrap();
-        let link = format!("{}1", &real[..real.len() - 1]);
+        let link = format!("{}x", &real[..real.len() - 1]);
         std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&link)).unwrap();
-        let fifo = format!("{}2", &real[..real.len() - 1]);
+        let fifo = format!("{}y", &real[..real.len() - 1]);
         let c = std::ffi::CString::new(
             t.0.join("queue")
                 .join(&fifo)
@@ -1146,7 +1147,7 @@ pub(super) mod tests {
         want.sort();
         assert_eq!(aside, want);
         // `queue delete` removes such a name (the link itself, not what it points to).
-        let stray = format!("{}3", &real[..real.len() - 1]);
+        let stray = format!("{}z", &real[..real.len() - 1]);
         std::os::unix::fs::symlink(&copy, t.0.join("queue").join(&stray)).unwrap();
         spool.delete(&stray).unwrap();
         assert!(!t.0.join("queue").join(&stray).exists() && copy.exists());
