@@ -531,8 +531,26 @@ fn a_folder_that_cannot_be_fsynced_is_warned_about_not_a_reason_to_refuse_mail()
     }
     let dir = TempDir::new("einval");
     let spool = dir.path().join("spool");
-    let ini = merge_ini(&base_ini(&spool), "[log]\nlevel = info\n");
+    let pid_file = dir.path().join("relay.pid");
+    let ini = merge_ini(
+        &base_ini(&spool),
+        &format!(
+            "[server]\npid_file = {}\n[log]\nlevel = info\n",
+            pid_file.display()
+        ),
+    );
     let mut relay = Relay::prepared(dir, &ini);
+    // Killing strace (what Relay does when dropped) leaves its tracee running: the relay's own
+    // pid goes, whatever the test's outcome.
+    struct KillByPidFile(std::path::PathBuf);
+    impl Drop for KillByPidFile {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _reaper = KillByPidFile(pid_file);
     // The folders exist before strace is told which one to fail.
     std::fs::create_dir_all(spool.join("queue")).unwrap();
     let mut cmd = Command::new("strace");
