@@ -4,8 +4,7 @@
 //! whichever process opens it (Microsoft 365 allows 3 per mailbox and answers a fourth with
 //! `432 4.3.2`). flock locks are released by the kernel when a process dies: no stale slot.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 
 /// One held slot; dropping it frees the slot.
@@ -17,36 +16,20 @@ pub struct Slot {
 }
 
 /// try_take takes a free slot of `max` in `dir`, or None when all are held (or the folder
-/// cannot be written: then slots cannot be shared and the caller goes on without one).
+/// cannot be written: then slots cannot be shared and the caller goes on without one). The
+/// slot files are made like the spool's other lock files (`sys::open_lock_file`): `probe` run
+/// as root must not leave one the relay's user cannot lock, or the relay would go on without
+/// slots and open more connections than `max_connections`.
 pub fn try_take(dir: &Path, max: usize) -> Result<Option<Slot>, String> {
     for n in 0..max.max(1) {
         let path = dir.join(format!(".smarthost-slot.{n}"));
-        let file = open_slot(dir, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = crate::sys::open_lock_file(dir, &path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if crate::sys::try_lock(&file).map_err(|e| format!("{}: {e}", path.display()))? {
             return Ok(Some(Slot { _file: file, n }));
         }
     }
     Ok(None)
-}
-
-/// open_slot opens a slot file read-only (enough for flock), creating it when missing, owned
-/// like the spool: `picorelay probe` run as root creates one the relay, running as its own
-/// user, must still be able to open and lock, or it would go on without slots and open more
-/// connections than `max_connections`.
-fn open_slot(dir: &Path, path: &Path) -> std::io::Result<File> {
-    match File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let created = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o640)
-                .open(path)?;
-            crate::sys::give_like_folder(&created, dir);
-            File::open(path)
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

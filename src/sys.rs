@@ -199,6 +199,36 @@ pub fn give_like_folder(file: &std::fs::File, dir: &std::path::Path) {
     }
 }
 
+/// open_lock_file opens a lock file in the spool folder `dir` read-only (enough for flock),
+/// creating it first when missing, mode 0640 and owned like the folder (`give_like_folder`).
+/// Read-only: no file kept open for writing stops the spool's filesystem from being remounted
+/// read-only; and a file root made (a relay or `probe` started as root once) is still opened
+/// and locked by the service user. Links are not followed.
+pub fn open_lock_file(dir: &std::path::Path, path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_only = || {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match read_only() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let created = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)?;
+            give_like_folder(&created, dir);
+            read_only()
+        }
+        other => other,
+    }
+}
+
 /// release_free_memory hands freed heap memory back to the system where the C library keeps
 /// it (glibc); elsewhere it does nothing.
 pub fn release_free_memory() {

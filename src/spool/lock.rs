@@ -5,9 +5,8 @@
 //! a new message over a file the other is still sending. `sendmail` and the `queue` commands
 //! do not take it: they share the spool with the relay by design.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::sys;
@@ -23,33 +22,7 @@ pub struct ServeLock {
 
 /// claim takes the spool at `dir` for this relay; Ok(None) when another relay holds it.
 pub fn claim(dir: &Path) -> io::Result<Option<ServeLock>> {
-    let path = dir.join(NAME);
-    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // Created when missing, then held open read-only: enough for flock, possible on a file an
-    // earlier run as root left, and no file open for writing keeps the filesystem from being
-    // remounted read-only (an admin's remedy for a failing disk).
-    let read_only = || {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(&path)
-    };
-    let file = match read_only() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // The spool owner's: a relay started as root once must not leave a file that a
-            // later start as the service user (systemd's User=) cannot open and lock.
-            let created = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o640)
-                .custom_flags(flags)
-                .open(&path)?;
-            sys::give_like_folder(&created, dir);
-            read_only()?
-        }
-        other => other?,
-    };
+    let file = sys::open_lock_file(dir, &dir.join(NAME))?;
     Ok(sys::try_lock(&file)?.then_some(ServeLock { _file: file }))
 }
 
